@@ -1,0 +1,218 @@
+//! The `iptproxy` command line: argument definitions and what each command does.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::backend::{self, Choice};
+use crate::config::{self, Config};
+use crate::exec::{Runner, System};
+use crate::plan::{self, Plan};
+use crate::reconcile;
+use crate::render;
+use crate::report::{self, Style};
+use crate::restore;
+use crate::ruleset::{Family, Ruleset};
+
+#[derive(Debug, Parser)]
+#[command(name = "iptproxy", version, about = "Keep iptables service rules equal to TOML files, with minimal edits")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every iptproxy program takes.
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// Directory of *.toml service files.
+    #[arg(short = 'c', long, env = "IPTPROXY_CONFIG_DIR", default_value = "/etc/iptproxy", global = true)]
+    pub config_dir: PathBuf,
+    /// Which iptables to drive: auto looks where the host's rules are.
+    #[arg(long, value_enum, default_value_t = Choice::Auto, global = true)]
+    pub backend: Choice,
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load and validate the config only: no root needed, no iptables run.
+    Check,
+    /// Print the full desired ruleset as iptables-restore input.
+    Render {
+        #[arg(long, value_enum, default_value_t = FamilyArg::All)]
+        family: FamilyArg,
+    },
+    /// Show what apply would change, as a diff per table and chain.
+    Plan {
+        /// Exit 0 when there is nothing to change, 2 when there is (1 on error).
+        #[arg(long)]
+        detailed_exitcode: bool,
+        /// Print the plan as JSON.
+        #[arg(long, conflicts_with = "script")]
+        json: bool,
+        /// Print the exact iptables-restore input that apply would run.
+        #[arg(long)]
+        script: bool,
+    },
+    /// Make the live rules match the config.
+    Apply,
+    /// Remove every chain and rule iptproxy owns, and nothing else.
+    Cleanup,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FamilyArg {
+    All,
+    Ipv4,
+    Ipv6,
+}
+
+/// Runs one command; returns the process exit code.
+pub fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Check => check(&cli.global),
+        Command::Render { family } => render_cmd(&cli.global, family),
+        Command::Plan { detailed_exitcode, json, script } => {
+            let format = match (json, script) {
+                (true, _) => PlanFormat::Json,
+                (_, true) => PlanFormat::Script,
+                _ => PlanFormat::Diff,
+            };
+            plan_cmd(&cli.global, detailed_exitcode, format)
+        }
+        Command::Apply => apply_cmd(&cli.global),
+        Command::Cleanup => cleanup(&cli.global),
+    }
+}
+
+/// Loads the config, printing every error to stderr. `None` means invalid (exit 1).
+pub fn load(global: &Global) -> Option<Config> {
+    match config::load_dir(&global.config_dir) {
+        Ok(config) => Some(config),
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {e}");
+            }
+            let n = errors.0.len();
+            eprintln!("{n} error{} in the configuration; nothing was changed", if n == 1 { "" } else { "s" });
+            None
+        }
+    }
+}
+
+fn check(global: &Global) -> Result<u8> {
+    let Some(config) = load(global) else {
+        return Ok(1);
+    };
+    let v6 = config.services.iter().filter(|s| s.family() == Family::Ipv6).count();
+    println!(
+        "Configuration OK: {} services ({} IPv4, {v6} IPv6), {} endpoints, in {} files under {}.",
+        config.services.len(),
+        config.services.len() - v6,
+        config.endpoint_count(),
+        config.files.len(),
+        global.config_dir.display()
+    );
+    Ok(0)
+}
+
+fn render_cmd(global: &Global, family: FamilyArg) -> Result<u8> {
+    let Some(config) = load(global) else {
+        return Ok(1);
+    };
+    let desired = render::render(&config);
+    for f in Family::ALL {
+        if family == FamilyArg::All || (family == FamilyArg::Ipv4) == (f == Family::Ipv4) {
+            let tables: Vec<_> = desired.family(f).collect();
+            if !tables.is_empty() {
+                println!("# {f}: {}-restore input", f.tool());
+                for t in tables {
+                    print!("{}", restore::full(t));
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// The runner for the chosen backend, with the config's lock wait.
+pub fn runner(global: &Global, config: &Config) -> Result<System> {
+    let detected = backend::resolve(global.backend).context("choosing the iptables backend")?;
+    log::info!("using iptables-{}: {}", detected.backend, detected.reason);
+    Ok(System::new(detected.backend, config.settings.lock_wait))
+}
+
+/// Reads the live rules and plans the change to `desired`.
+fn plan_against(runner: &dyn Runner, desired: &Ruleset) -> Result<Plan> {
+    let live =
+        reconcile::read_live(runner, |f| desired.family(f).next().is_some()).context("reading the live rules")?;
+    Ok(plan::plan(desired, &live))
+}
+
+enum PlanFormat {
+    Diff,
+    Json,
+    Script,
+}
+
+fn plan_cmd(global: &Global, detailed_exitcode: bool, format: PlanFormat) -> Result<u8> {
+    let Some(config) = load(global) else { return Ok(1) };
+    let runner = runner(global, &config)?;
+    let plan = plan_against(&runner, &render::render(&config))?;
+    match format {
+        PlanFormat::Diff => print!("{}", report::text(&plan, Style::detect())),
+        PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&report::json(&plan))?),
+        PlanFormat::Script => {
+            for script in restore::scripts(&plan, restore::DEFAULT_MAX_LINES) {
+                println!("# {}-restore --noflush ({})", script.family.tool(), script.family);
+                print!("{}", script.text);
+            }
+        }
+    }
+    Ok(if detailed_exitcode && !plan.is_empty() { 2 } else { 0 })
+}
+
+fn apply_cmd(global: &Global) -> Result<u8> {
+    let Some(config) = load(global) else {
+        return Ok(1);
+    };
+    let runner = runner(global, &config)?;
+    let plan = plan_against(&runner, &render::render(&config))?;
+    if plan.is_empty() {
+        println!("No changes. The live rules match the configuration.");
+        return Ok(0);
+    }
+    reconcile::apply(&runner, &plan, restore::DEFAULT_MAX_LINES)?;
+    println!("{}", report::applied_line(&plan.summary()));
+    Ok(0)
+}
+
+fn cleanup(global: &Global) -> Result<u8> {
+    // The config is not needed to know what is ours, but its lock wait is used when valid.
+    let config = config::load_dir(&global.config_dir).unwrap_or_default();
+    let runner = runner(global, &config)?;
+    let plan = plan_against(&runner, &Ruleset::default())?;
+    if plan.is_empty() {
+        println!("Nothing to clean up: no iptproxy rules are present.");
+        return Ok(0);
+    }
+    reconcile::apply(&runner, &plan, restore::DEFAULT_MAX_LINES)?;
+    let s = plan.summary();
+    println!("Removed {} chains and {} rules.", s.chains_deleted, s.rules_deleted);
+    Ok(0)
+}
+
+/// Logging for every iptproxy program: env_logger, `RUST_LOG` first, then `-v`.
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+}

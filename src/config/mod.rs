@@ -1,0 +1,286 @@
+//! The configuration: every `*.toml` in a directory, merged in name order, validated.
+//!
+//! [`load_dir`] is the edge that reads files; [`from_sources`] is the pure part, given the
+//! files' names and texts.
+
+pub mod addr;
+mod error;
+mod file;
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use addr::Cidr;
+pub use error::{ConfigError, ConfigErrors, Location};
+
+use crate::ruleset::Family;
+
+/// The largest endpoint weight; weights are relative, so this is plenty.
+pub const MAX_WEIGHT: i64 = 10_000;
+/// A config file larger than this is refused rather than read.
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+/// kube-proxy's default client-IP affinity timeout.
+pub const DEFAULT_AFFINITY_SECONDS: u32 = 3 * 3600;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+/// Who gets their source address rewritten to the node's on the way to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Masquerade {
+    /// Clients outside `cluster_cidrs` (everyone when `masquerade_all`); always for traffic
+    /// arriving through a node port or external IP.
+    Auto,
+    Always,
+    /// Nobody, except an endpoint calling its own service (hairpin), which cannot work otherwise.
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Relative share of new connections; 0 drains the endpoint.
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub protocol: Protocol,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub endpoints: Vec<Endpoint>,
+    pub node_port: Option<u16>,
+    pub external_ips: Vec<IpAddr>,
+    /// Who may reach the service through its external IPs; empty means everyone.
+    pub source_ranges: Vec<Cidr>,
+    /// Client-IP affinity timeout, when affinity is on.
+    pub affinity_seconds: Option<u32>,
+    pub masquerade: Masquerade,
+    pub defined_at: Location,
+}
+
+impl Service {
+    pub fn family(&self) -> Family {
+        Family::of(&self.vip)
+    }
+
+    /// `shop/web:80/tcp`: how rules, plans and logs name this service.
+    pub fn id(&self) -> String {
+        format!("{}:{}/{}", self.name, self.port, self.protocol.as_str())
+    }
+
+    /// The endpoints that get traffic (weight above 0).
+    pub fn active_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.iter().filter(|e| e.weight > 0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub cluster_cidrs: Vec<Cidr>,
+    pub masquerade_all: bool,
+    pub masquerade_bit: u8,
+    pub drop_bit: u8,
+    pub random_fully: bool,
+    /// Accept forwarded service traffic that no other rule decided on (FORWARD policy DROP).
+    pub forward_accept: bool,
+    pub canary_interval: u32,
+    pub resync_interval: u32,
+    /// Seconds iptables waits for the xtables lock.
+    pub lock_wait: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            cluster_cidrs: Vec::new(),
+            masquerade_all: false,
+            masquerade_bit: 14,
+            drop_bit: 15,
+            random_fully: true,
+            forward_accept: true,
+            canary_interval: 10,
+            resync_interval: 300,
+            lock_wait: 5,
+        }
+    }
+}
+
+impl Settings {
+    pub fn masquerade_mark(&self) -> u32 {
+        1 << self.masquerade_bit
+    }
+
+    pub fn drop_mark(&self) -> u32 {
+        1 << self.drop_bit
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    pub settings: Settings,
+    /// Sorted by name.
+    pub services: Vec<Service>,
+    pub files: Vec<PathBuf>,
+}
+
+impl Config {
+    pub fn endpoint_count(&self) -> usize {
+        self.services.iter().map(|s| s.endpoints.len()).sum()
+    }
+}
+
+/// Whether a directory entry is a config file: `*.toml`, not hidden, not an editor's
+/// temporary (those start with `.` or `#`, or do not end in `.toml`).
+pub fn is_config_file(name: &str) -> bool {
+    name.ends_with(".toml") && name.len() > ".toml".len() && !name.starts_with(['.', '#'])
+}
+
+/// The config files of `dir`, in name order.
+pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let dir_error = |source| ConfigError::Dir { dir: dir.to_path_buf(), source };
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).map_err(dir_error)? {
+        let entry = entry.map_err(dir_error)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        // Follows symlinks: a ConfigMap's files are links into its `..data` directory.
+        if is_config_file(name) && entry.path().is_file() {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads and validates every config file in `dir`.
+pub fn load_dir(dir: &Path) -> Result<Config, ConfigErrors> {
+    let mut sources = Vec::new();
+    let mut errors = Vec::new();
+    for path in config_files(dir)? {
+        match read_limited(&path) {
+            Ok(bytes) => sources.push((path, bytes)),
+            Err(e) => errors.push(e),
+        }
+    }
+    match from_sources(sources) {
+        Ok(config) if errors.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigErrors(errors)),
+        Err(ConfigErrors(more)) => {
+            errors.extend(more);
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+fn read_limited(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    let read_error = |source| ConfigError::Read { path: path.to_path_buf(), source };
+    let file = fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(read_error)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        let at = Location::file(&Arc::from(path));
+        return Err(ConfigError::invalid(at, format!("larger than {} MiB; refusing to read it", MAX_FILE_BYTES >> 20)));
+    }
+    Ok(bytes)
+}
+
+/// Validates a configuration given as (file name, contents) pairs, in merge order.
+pub fn from_sources(sources: Vec<(PathBuf, Vec<u8>)>) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut settings: Option<(Settings, Location)> = None;
+    let mut services = Vec::new();
+    let mut files = Vec::new();
+    for (path, bytes) in sources {
+        let file: Arc<Path> = Arc::from(path.as_path());
+        files.push(path);
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                let valid = e.utf8_error().valid_up_to();
+                let at = Location::at(&file, &String::from_utf8_lossy(&e.as_bytes()[..valid]), valid);
+                errors.push(ConfigError::invalid(at, "not valid UTF-8"));
+                continue;
+            }
+        };
+        let parsed = file::parse(&file, &text, &mut errors);
+        if let Some((s, at)) = parsed.settings {
+            match &settings {
+                Some((_, first)) => errors.push(ConfigError::Conflict {
+                    at,
+                    first: first.clone(),
+                    message: "[settings] may appear in one file only".into(),
+                }),
+                None => settings = Some((s, at)),
+            }
+        }
+        services.extend(parsed.services);
+    }
+    check_conflicts(&services, &mut errors);
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Config { settings: settings.map(|(s, _)| s).unwrap_or_default(), services, files })
+}
+
+/// Checks what must be unique across all services: names, the address:port:protocol each
+/// service answers on, and node ports.
+fn check_conflicts(services: &[Service], errors: &mut Vec<ConfigError>) {
+    let mut names: HashMap<&str, &Location> = HashMap::new();
+    let mut addrs: HashMap<(IpAddr, u16, Protocol), (&Service, &str)> = HashMap::new();
+    let mut node_ports: HashMap<(u16, Protocol, Family), &Service> = HashMap::new();
+    let conflict = |s: &Service, first: &Location, message: String| ConfigError::Conflict {
+        at: s.defined_at.clone(),
+        first: first.clone(),
+        message: format!("service \"{}\": {message}", s.name),
+    };
+    for s in services {
+        if let Some(first) = names.insert(&s.name, &s.defined_at) {
+            errors.push(conflict(s, first, "the name is already used".into()));
+            continue;
+        }
+        let own = std::iter::once((s.vip, "VIP")).chain(s.external_ips.iter().map(|ip| (*ip, "external IP")));
+        for (ip, what) in own {
+            if let Some((other, other_what)) = addrs.insert((ip, s.port, s.protocol), (s, what)) {
+                let message = format!(
+                    "{what} {}/{} is already the {other_what} of service \"{}\"",
+                    addr::host_port(ip, s.port),
+                    s.protocol.as_str(),
+                    other.name
+                );
+                errors.push(conflict(s, &other.defined_at, message));
+            }
+        }
+        if let Some(np) = s.node_port {
+            if let Some(other) = node_ports.insert((np, s.protocol, s.family()), s) {
+                let message =
+                    format!("node_port {np}/{} is already used by service \"{}\"", s.protocol.as_str(), other.name);
+                errors.push(conflict(s, &other.defined_at, message));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,128 @@
+//! Running iptables: the one seam between iptproxy and the kernel.
+//!
+//! [`Runner`] is a trait so that tests can put a fault-injecting runner in place of
+//! [`System`]; everything else in iptproxy goes through it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+
+use crate::backend::Backend;
+use crate::ruleset::Family;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("{program} not found on PATH: install iptables, or choose another --backend")]
+    NotFound { program: String },
+    #[error("cannot run {program}: {source}")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("{program} failed ({status}): {stderr}")]
+    Failed { program: String, status: String, stderr: String },
+}
+
+pub trait Runner {
+    /// Runs `iptables-save` (`ip6tables-save` for IPv6), with counters when asked,
+    /// handing each line of its output to `line` as it arrives.
+    fn save(&self, family: Family, counters: bool, line: &mut dyn FnMut(&str)) -> Result<(), ExecError>;
+
+    /// Feeds `input` to `iptables-restore --noflush`.
+    fn restore(&self, family: Family, input: &str) -> Result<(), ExecError>;
+
+    /// A short name for logs: `nft` or `legacy`.
+    fn describe(&self) -> String;
+}
+
+/// The real iptables binaries of one backend, found on PATH.
+#[derive(Debug, Clone)]
+pub struct System {
+    pub backend: Backend,
+    /// Seconds to wait for the xtables lock.
+    pub lock_wait: u32,
+}
+
+impl System {
+    pub fn new(backend: Backend, lock_wait: u32) -> System {
+        System { backend, lock_wait }
+    }
+}
+
+impl Runner for System {
+    fn save(&self, family: Family, counters: bool, line: &mut dyn FnMut(&str)) -> Result<(), ExecError> {
+        let program = self.backend.program(family, "-save");
+        let mut cmd = Command::new(&program);
+        if counters {
+            cmd.arg("--counters");
+        }
+        let mut child = spawn(&program, cmd.stdout(Stdio::piped()))?;
+        let mut stdout = BufReader::new(child.stdout.take().ok_or_else(|| no_pipe(&program))?);
+        let mut buf = String::new();
+        loop {
+            buf.clear();
+            match stdout.read_line(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => line(buf.trim_end_matches('\n')),
+                // Invalid UTF-8 from the tool: hand it on lossily, the parser will say what is wrong.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    let mut bytes = Vec::new();
+                    stdout.read_to_end(&mut bytes).ok();
+                    for l in String::from_utf8_lossy(&bytes).lines() {
+                        line(l);
+                    }
+                    break;
+                }
+                Err(e) => return Err(ExecError::Spawn { program, source: e }),
+            }
+        }
+        finish(&program, child)
+    }
+
+    fn restore(&self, family: Family, input: &str) -> Result<(), ExecError> {
+        let program = self.backend.program(family, "-restore");
+        let mut cmd = Command::new(&program);
+        cmd.arg("--noflush").arg(format!("--wait={}", self.lock_wait));
+        let mut child = spawn(&program, cmd.stdin(Stdio::piped()).stdout(Stdio::null()))?;
+        let mut stdin = child.stdin.take().ok_or_else(|| no_pipe(&program))?;
+        // A write error means the tool exited early; its status and stderr say why.
+        let _ = stdin.write_all(input.as_bytes());
+        drop(stdin);
+        finish(&program, child)
+    }
+
+    fn describe(&self) -> String {
+        self.backend.to_string()
+    }
+}
+
+fn spawn(program: &str, cmd: &mut Command) -> Result<std::process::Child, ExecError> {
+    cmd.stderr(Stdio::piped()).spawn().map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => ExecError::NotFound { program: program.to_string() },
+        _ => ExecError::Spawn { program: program.to_string(), source },
+    })
+}
+
+fn finish(program: &str, mut child: std::process::Child) -> Result<(), ExecError> {
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let status = child.wait().map_err(|source| ExecError::Spawn { program: program.to_string(), source })?;
+    if status.success() {
+        return Ok(());
+    }
+    Err(ExecError::Failed {
+        program: program.to_string(),
+        status: status.to_string(),
+        stderr: stderr.trim().to_string(),
+    })
+}
+
+fn no_pipe(program: &str) -> ExecError {
+    ExecError::Spawn { program: program.to_string(), source: std::io::Error::other("no pipe to the child") }
+}
+
+/// Runs a command for its exit status and output; for probes like backend detection.
+pub fn output(program: &str, args: &[&str]) -> Result<std::process::Output, ExecError> {
+    Command::new(program).args(args).stdin(Stdio::null()).output().map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => ExecError::NotFound { program: program.to_string() },
+        _ => ExecError::Spawn { program: program.to_string(), source },
+    })
+}

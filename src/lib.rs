@@ -1,0 +1,21 @@
+//! iptproxy: keeps the kernel's iptables rules equal to the services described in TOML files,
+//! with the smallest change each time.
+//!
+//! The flow: [`config`] -> [`render`] -> desired [`ruleset`]; [`save`] parses the live one;
+//! [`plan`] diffs them; [`restore`] writes the `iptables-restore` input; [`exec`] runs
+//! iptables ([`backend`] picks which); [`reconcile`] strings one pass together; [`report`]
+//! shows a plan; [`cli`] is the command line.
+
+pub mod backend;
+pub mod chains;
+pub mod cli;
+pub mod config;
+pub mod exec;
+pub mod plan;
+pub mod reconcile;
+pub mod render;
+pub mod report;
+pub mod restore;
+pub mod ruleset;
+pub mod save;
+pub mod spec;

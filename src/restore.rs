@@ -1,0 +1,224 @@
+//! Plans as `iptables-restore --noflush` input.
+//!
+//! Each `*table ... COMMIT` block is one atomic transaction. A large plan is split into
+//! several blocks, only between chains and in the plan's order (a chain is complete before
+//! anything jumps to it; rules leave a chain before it is flushed; chains are flushed before
+//! they are deleted), so the kernel is consistent after every block: no jump to a missing
+//! chain, no half-written service.
+
+use crate::plan::{Action, ChainPlan, Op, Plan, TablePlan};
+use crate::ruleset::{Family, Table};
+
+/// The default transaction size: iptables-nft's cost per transaction grows much faster
+/// than its size, and blocks of about 10,000 lines keep a first sync near linear.
+pub const DEFAULT_MAX_LINES: usize = 10_000;
+
+/// One transaction's input, with what each of its lines is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Script {
+    pub family: Family,
+    pub table: String,
+    pub text: String,
+    /// For line `n` of `text` (1-based), `chains[n - 1]` is the chain it edits, if any.
+    pub chains: Vec<Option<String>>,
+}
+
+impl Script {
+    fn new(family: Family, table: &str) -> Script {
+        let mut s = Script { family, table: table.to_string(), text: String::new(), chains: Vec::new() };
+        s.push(format!("*{table}"), None);
+        s
+    }
+
+    fn push(&mut self, line: String, chain: Option<&str>) {
+        self.text.push_str(&line);
+        self.text.push('\n');
+        self.chains.push(chain.map(str::to_string));
+    }
+
+    fn lines(&self) -> usize {
+        self.chains.len()
+    }
+
+    /// The text of line `n` (1-based).
+    pub fn line(&self, n: usize) -> Option<&str> {
+        n.checked_sub(1).and_then(|i| self.text.lines().nth(i))
+    }
+}
+
+/// The transactions that carry out `plan`, at most about `max_lines` lines each (a single
+/// chain's edits are never split, so a block can be longer).
+pub fn scripts(plan: &Plan, max_lines: usize) -> Vec<Script> {
+    plan.tables.iter().flat_map(|t| table_scripts(t, max_lines)).collect()
+}
+
+fn table_scripts(plan: &TablePlan, max_lines: usize) -> Vec<Script> {
+    let mut out = Vec::new();
+    let mut current = Script::new(plan.family, &plan.table);
+    // Starts a new transaction when `next` more lines would overflow this one.
+    let cut = |current: &mut Script, out: &mut Vec<Script>, next: usize| {
+        if current.lines() > 1 && current.lines() + next > max_lines {
+            let done = std::mem::replace(current, Script::new(plan.family, &plan.table));
+            out.push(finish(done));
+        }
+    };
+    let (deleted, edited): (Vec<&ChainPlan>, Vec<&ChainPlan>) =
+        plan.chains.iter().partition(|c| c.action == Action::Delete);
+    for chain in edited {
+        let lines = chain_lines(chain);
+        cut(&mut current, &mut out, lines.len());
+        for line in lines {
+            current.push(line, Some(&chain.chain));
+        }
+    }
+    // Flush every deleted chain before deleting any: they may jump to each other.
+    for (flag, _) in [("-F", ()), ("-X", ())] {
+        for chain in &deleted {
+            cut(&mut current, &mut out, 1);
+            current.push(format!("{flag} {}", chain.chain), Some(&chain.chain));
+        }
+    }
+    if current.lines() > 1 {
+        out.push(finish(current));
+    }
+    out
+}
+
+fn finish(mut script: Script) -> Script {
+    script.push("COMMIT".into(), None);
+    script
+}
+
+fn chain_lines(chain: &ChainPlan) -> Vec<String> {
+    let name = &chain.chain;
+    let mut lines = Vec::with_capacity(chain.ops.len() + 1);
+    if chain.action == Action::Create {
+        lines.push(format!(":{name} - [0:0]"));
+    }
+    for op in &chain.ops {
+        lines.push(match op {
+            Op::Append { rule } => rule_line("-A", name, None, rule),
+            Op::Insert { position, rule } => rule_line("-I", name, Some(*position), rule),
+            Op::Replace { position, rule } => rule_line("-R", name, Some(*position), rule),
+            Op::Delete { position } => format!("-D {name} {position}"),
+            Op::DeleteRule { rule } => rule_line("-D", name, None, rule),
+        });
+    }
+    lines
+}
+
+fn rule_line(flag: &str, chain: &str, position: Option<usize>, rule: &str) -> String {
+    let mut line = format!("{flag} {chain}");
+    if let Some(p) = position {
+        line.push_str(&format!(" {p}"));
+    }
+    if !rule.is_empty() {
+        line.push(' ');
+        line.push_str(rule);
+    }
+    line
+}
+
+/// A rendered table as complete `iptables-restore` input, for reading (`iptproxy render`):
+/// our chains, then our hooks as they would stand in the built-in chains.
+pub fn full(table: &Table) -> String {
+    let mut out = format!("*{}\n", table.name);
+    for name in table.chains.keys() {
+        out.push_str(&format!(":{name} - [0:0]\n"));
+    }
+    for hook in &table.hooks {
+        out.push_str(&rule_line("-A", &hook.chain, None, &hook.spec));
+        out.push('\n');
+    }
+    for (name, chain) in &table.chains {
+        for rule in &chain.rules {
+            out.push_str(&rule_line("-A", name, None, &rule.spec));
+            out.push('\n');
+        }
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(name: &str, action: Action, ops: Vec<Op>) -> ChainPlan {
+        ChainPlan { chain: name.into(), action, before: vec!["x".into()], after: Vec::new(), ops }
+    }
+
+    fn plan(chains: Vec<ChainPlan>) -> Plan {
+        Plan { tables: vec![TablePlan { family: Family::Ipv4, table: "nat".into(), chains }] }
+    }
+
+    #[test]
+    fn writes_one_transaction_in_plan_order() {
+        let p = plan(vec![
+            chain(
+                "IPTPROXY-SEP-A",
+                Action::Create,
+                vec![Op::Append { rule: "-j DNAT --to-destination 198.19.0.2:80".into() }],
+            ),
+            chain(
+                "IPTPROXY-SVC-A",
+                Action::Update,
+                vec![
+                    Op::Insert { position: 2, rule: "-j IPTPROXY-SEP-A".into() },
+                    Op::Replace { position: 3, rule: "-j RETURN".into() },
+                    Op::Delete { position: 4 },
+                ],
+            ),
+            chain("PREROUTING", Action::Update, vec![Op::DeleteRule { rule: "-j IPTPROXY-OLD".into() }]),
+            chain("IPTPROXY-OLD", Action::Delete, vec![]),
+            chain("IPTPROXY-SEP-B", Action::Delete, vec![]),
+        ]);
+        let s = scripts(&p, DEFAULT_MAX_LINES);
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            s[0].text,
+            "*nat\n\
+             :IPTPROXY-SEP-A - [0:0]\n\
+             -A IPTPROXY-SEP-A -j DNAT --to-destination 198.19.0.2:80\n\
+             -I IPTPROXY-SVC-A 2 -j IPTPROXY-SEP-A\n\
+             -R IPTPROXY-SVC-A 3 -j RETURN\n\
+             -D IPTPROXY-SVC-A 4\n\
+             -D PREROUTING -j IPTPROXY-OLD\n\
+             -F IPTPROXY-OLD\n\
+             -F IPTPROXY-SEP-B\n\
+             -X IPTPROXY-OLD\n\
+             -X IPTPROXY-SEP-B\n\
+             COMMIT\n"
+        );
+        assert_eq!(s[0].chains[4].as_deref(), Some("IPTPROXY-SVC-A"));
+        assert_eq!(s[0].line(5), Some("-R IPTPROXY-SVC-A 3 -j RETURN"));
+        assert_eq!(s[0].chains[0], None);
+    }
+
+    #[test]
+    fn splits_only_between_chains() {
+        let append = |n: usize| (0..n).map(|i| Op::Append { rule: format!("-s 198.19.0.{i}/32 -j RETURN") }).collect();
+        let p = plan(vec![
+            chain("IPTPROXY-A", Action::Create, append(3)),
+            chain("IPTPROXY-B", Action::Create, append(3)),
+            chain("IPTPROXY-C", Action::Create, append(8)),
+            chain("IPTPROXY-D", Action::Delete, vec![]),
+        ]);
+        let s = scripts(&p, 6);
+        let blocks: Vec<Vec<&str>> = s.iter().map(|s| s.text.lines().collect()).collect();
+        // Every block is a whole transaction, and no chain's lines straddle two.
+        for b in &blocks {
+            assert_eq!((b[0], *b.last().unwrap()), ("*nat", "COMMIT"));
+        }
+        assert_eq!(blocks.len(), 4, "{blocks:#?}");
+        assert_eq!(blocks[0][1], ":IPTPROXY-A - [0:0]");
+        assert_eq!(blocks[1][1], ":IPTPROXY-B - [0:0]");
+        assert_eq!(blocks[2].len(), 11, "a chain longer than a block is kept whole");
+        assert_eq!(&blocks[3][1..3], ["-F IPTPROXY-D", "-X IPTPROXY-D"]);
+    }
+
+    #[test]
+    fn empty_plan_writes_nothing() {
+        assert!(scripts(&Plan::default(), 10).is_empty());
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real binaries, the real iptables, in throwaway namespaces.
+//! Each module is one area; `harness` is the bench they share.
+
+mod cli;
+mod core;
+mod fixtures;
+mod golden;
+mod harness;
