@@ -24,6 +24,18 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The `iptproxyd` command line: the daemon that keeps the rules equal to the files.
+#[derive(Debug, Parser)]
+#[command(
+    name = "iptproxyd",
+    version,
+    about = "Keep iptables service rules equal to TOML files: watch, reconcile, repair"
+)]
+pub struct DaemonCli {
+    #[command(flatten)]
+    pub global: Global,
+}
+
 /// Options every iptproxy program takes.
 #[derive(Debug, clap::Args)]
 pub struct Global {

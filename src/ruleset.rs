@@ -117,6 +117,24 @@ impl Table {
         Table { family, name: name.into(), chains: BTreeMap::new(), hooks: Vec::new() }
     }
 
+    /// A rendered table as it stands in the kernel once applied, seen from our side: our
+    /// chains, plus built-in chains holding only our hooks (top hooks first, then appended
+    /// ones). Planning against this instead of a fresh `iptables-save` is exact for our
+    /// chains, and safe for built-in chains because hooks are edited by text, not position.
+    pub fn as_live(&self) -> Table {
+        let mut live = Table { hooks: Vec::new(), ..self.clone() };
+        for placement in [Placement::First, Placement::Last] {
+            for hook in self.hooks.iter().filter(|h| h.placement == placement) {
+                let chain = live
+                    .chains
+                    .entry(hook.chain.clone())
+                    .or_insert_with(|| Chain { policy: Some("ACCEPT".into()), rules: Vec::new() });
+                chain.rules.push(Rule::new(hook.spec.clone()));
+            }
+        }
+        live
+    }
+
     pub fn rule_count(&self) -> usize {
         self.chains.values().map(|c| c.rules.len()).sum::<usize>() + self.hooks.len()
     }
@@ -135,5 +153,10 @@ impl Ruleset {
 
     pub fn family(&self, family: Family) -> impl Iterator<Item = &Table> {
         self.tables.iter().filter(move |t| t.family == family)
+    }
+
+    /// See [`Table::as_live`].
+    pub fn as_live(&self) -> Ruleset {
+        Ruleset { tables: self.tables.iter().map(Table::as_live).collect() }
     }
 }

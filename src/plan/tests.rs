@@ -195,3 +195,16 @@ fn finds_jump_targets_of_rendered_rules() {
     assert_eq!(jump_target("-g IPTPROXY-X"), Some("IPTPROXY-X"));
     assert_eq!(jump_target("-s 198.19.0.1/32"), None);
 }
+
+#[test]
+fn a_rendered_ruleset_as_live_needs_no_change() {
+    let toml = "[settings]\ncluster_cidrs=['198.19.0.0/16']\n[[service]]\nname='a'\nvip='198.18.0.1'\nport=80\n\
+                endpoints=['198.19.0.1','198.19.0.2']\nnode_port=30080\n";
+    let config = crate::config::from_sources(vec![("a.toml".into(), toml.as_bytes().to_vec())]).unwrap();
+    let desired = crate::render::render(&config);
+    assert!(plan(&desired, &desired.as_live()).is_empty());
+    let forward = desired.as_live();
+    let filter = forward.table(Family::Ipv4, "filter").unwrap();
+    let specs: Vec<&str> = filter.chains["FORWARD"].specs().collect();
+    assert!(specs.last().unwrap().ends_with("-j IPTPROXY-FORWARD"), "appended hooks come last: {specs:#?}");
+}

@@ -100,7 +100,7 @@ fn one_new_endpoint_among_a_thousand_services_is_a_handful_of_lines() {
         let spec = untouched.trim_start_matches("-A IPTPROXY-SERVICES ");
         let position = saved.lines().filter(|l| l.starts_with("-A IPTPROXY-SERVICES ")).position(|l| l == untouched);
         let position = (position.unwrap() + 1).to_string();
-        b.ns.sh(&format!("iptables-{backend} -t nat -R IPTPROXY-SERVICES {position} -c 7 700 {spec}"));
+        b.ns.sh(&format!("iptables-{backend} -w -t nat -R IPTPROXY-SERVICES {position} -c 7 700 {spec}"));
 
         let (name, text) = &files[5];
         let edited = text.replace("\"198.19.4.2:8080\"]", "\"198.19.4.2:8080\", \"198.19.250.1:8080\"]");
@@ -165,7 +165,7 @@ fn a_failed_restore_names_the_chain_and_service_and_changes_nothing() {
         // Another tool jumps to one of our endpoint chains, so it cannot be deleted.
         let saved = b.save(false);
         let sep = rule_line(&saved, "-j DNAT --to-destination 198.19.0.8:3868").split(' ').nth(1).unwrap().to_string();
-        b.ns.sh(&format!("iptables-{backend} -t nat -N ADMIN && iptables-{backend} -t nat -A ADMIN -j {sep}"));
+        b.ns.sh(&format!("iptables-{backend} -w -t nat -N ADMIN && iptables-{backend} -w -t nat -A ADMIN -j {sep}"));
         let before = b.save_all();
 
         b.file(

@@ -74,7 +74,7 @@ impl Netns {
         let tool = if v6 { "ip6tables" } else { "iptables" };
         let mut child = self
             .command(format!("{tool}-{backend}-restore"))
-            .args(["--noflush", "--counters"])
+            .args(["--noflush", "--counters", "--wait"])
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
