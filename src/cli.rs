@@ -180,7 +180,7 @@ fn plan_cmd(global: &Global, detailed_exitcode: bool, format: PlanFormat) -> Res
         PlanFormat::Diff => print!("{}", report::text(&plan, Style::detect())),
         PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&report::json(&plan))?),
         PlanFormat::Script => {
-            for script in restore::scripts(&plan, restore::DEFAULT_MAX_LINES) {
+            for script in restore::scripts(&plan, restore::DEFAULT_MAX_LINES)? {
                 println!("# {}-restore --noflush ({})", script.family.tool(), script.family);
                 print!("{}", script.text);
             }

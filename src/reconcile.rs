@@ -13,6 +13,8 @@ pub enum SyncError {
     Exec(#[from] ExecError),
     #[error(transparent)]
     Save(#[from] SaveError),
+    #[error(transparent)]
+    Script(#[from] restore::ScriptError),
     #[error("{0}")]
     Restore(Box<RestoreFailure>),
 }
@@ -92,7 +94,7 @@ pub fn read_family(
 
 /// Applies `plan` in transactions of at most about `max_lines` lines.
 pub fn apply(runner: &dyn Runner, plan: &Plan, max_lines: usize) -> Result<(), SyncError> {
-    for (i, script) in restore::scripts(plan, max_lines).iter().enumerate() {
+    for (i, script) in restore::scripts(plan, max_lines)?.iter().enumerate() {
         log::debug!("{} {} transaction:\n{}", script.family, script.table, script.text);
         if let Err(error) = runner.restore(script.family, &script.text) {
             return Err(SyncError::Restore(Box::new(describe_failure(plan, script, i, error))));

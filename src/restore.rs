@@ -5,9 +5,29 @@
 //! anything jumps to it; rules leave a chain before it is flushed; chains are flushed before
 //! they are deleted), so the kernel is consistent after every block: no jump to a missing
 //! chain, no half-written service.
+//!
+//! Every line passes [`line::check_line`] before it is written: a string that could add a
+//! line, an argument or a command is refused with a [`ScriptError`], and nothing runs.
+
+pub mod line;
 
 use crate::plan::{Action, ChainPlan, Op, Plan, TablePlan};
 use crate::ruleset::{Family, Table};
+
+/// A line the writer refused to put in front of `iptables-restore`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "refusing to write iptables-restore input for the {family} {table} table, chain {chain:?}: \
+     {problem} in {text:?}; nothing was changed"
+)]
+pub struct ScriptError {
+    pub family: Family,
+    pub table: String,
+    pub chain: String,
+    /// The refused line, cut to 200 characters.
+    pub text: String,
+    pub problem: line::Unsafe,
+}
 
 /// The default transaction size: iptables-nft's cost per transaction grows much faster
 /// than its size, and blocks of about 10,000 lines keep a first sync near linear.
@@ -47,12 +67,28 @@ impl Script {
 }
 
 /// The transactions that carry out `plan`, at most about `max_lines` lines each (a single
-/// chain's edits are never split, so a block can be longer).
-pub fn scripts(plan: &Plan, max_lines: usize) -> Vec<Script> {
-    plan.tables.iter().flat_map(|t| table_scripts(t, max_lines)).collect()
+/// chain's edits are never split, so a block can be longer). Refuses the whole plan when
+/// any line is unsafe (see [`line`]).
+pub fn scripts(plan: &Plan, max_lines: usize) -> Result<Vec<Script>, ScriptError> {
+    let mut out = Vec::new();
+    for table in &plan.tables {
+        out.extend(table_scripts(table, max_lines)?);
+    }
+    Ok(out)
 }
 
-fn table_scripts(plan: &TablePlan, max_lines: usize) -> Vec<Script> {
+fn table_scripts(plan: &TablePlan, max_lines: usize) -> Result<Vec<Script>, ScriptError> {
+    let refuse = |chain: &str, text: &str, problem| ScriptError {
+        family: plan.family,
+        table: plan.table.clone(),
+        chain: chain.chars().take(40).collect(),
+        text: text.chars().take(200).collect(),
+        problem,
+    };
+    line::check_table(&plan.table).map_err(|p| refuse("", &plan.table, p))?;
+    for chain in &plan.chains {
+        line::check_chain(&chain.chain).map_err(|p| refuse(&chain.chain, &chain.chain, p))?;
+    }
     let mut out = Vec::new();
     let mut current = Script::new(plan.family, &plan.table);
     // Starts a new transaction when `next` more lines would overflow this one.
@@ -66,6 +102,9 @@ fn table_scripts(plan: &TablePlan, max_lines: usize) -> Vec<Script> {
         plan.chains.iter().partition(|c| c.action == Action::Delete);
     for chain in edited {
         let lines = chain_lines(chain);
+        for l in &lines {
+            line::check_line(l).map_err(|p| refuse(&chain.chain, l, p))?;
+        }
         cut(&mut current, &mut out, lines.len());
         for line in lines {
             current.push(line, Some(&chain.chain));
@@ -81,7 +120,7 @@ fn table_scripts(plan: &TablePlan, max_lines: usize) -> Vec<Script> {
     if current.lines() > 1 {
         out.push(finish(current));
     }
-    out
+    Ok(out)
 }
 
 fn finish(mut script: Script) -> Script {
@@ -173,7 +212,7 @@ mod tests {
             chain("IPTPROXY-OLD", Action::Delete, vec![]),
             chain("IPTPROXY-SEP-B", Action::Delete, vec![]),
         ]);
-        let s = scripts(&p, DEFAULT_MAX_LINES);
+        let s = scripts(&p, DEFAULT_MAX_LINES).unwrap();
         assert_eq!(s.len(), 1);
         assert_eq!(
             s[0].text,
@@ -204,7 +243,7 @@ mod tests {
             chain("IPTPROXY-C", Action::Create, append(8)),
             chain("IPTPROXY-D", Action::Delete, vec![]),
         ]);
-        let s = scripts(&p, 6);
+        let s = scripts(&p, 6).unwrap();
         let blocks: Vec<Vec<&str>> = s.iter().map(|s| s.text.lines().collect()).collect();
         // Every block is a whole transaction, and no chain's lines straddle two.
         for b in &blocks {
@@ -219,6 +258,6 @@ mod tests {
 
     #[test]
     fn empty_plan_writes_nothing() {
-        assert!(scripts(&Plan::default(), 10).is_empty());
+        assert!(scripts(&Plan::default(), 10).unwrap().is_empty());
     }
 }
