@@ -48,6 +48,18 @@ pub struct Global {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Read config files and directories that users other than root can change. As root,
+    /// these are refused by default, as sshd's StrictModes refuses them.
+    #[arg(long, env = "IPTPROXY_ALLOW_INSECURE_CONFIG", global = true, action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::FalseyValueParser::new())]
+    pub allow_insecure_config: bool,
+}
+
+impl Global {
+    /// How far the config files must be trusted.
+    pub fn trust(&self) -> config::Trust {
+        config::Trust::for_process(self.allow_insecure_config)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,13 +116,18 @@ pub fn run(cli: Cli) -> Result<u8> {
 
 /// Loads the config, printing every error to stderr. `None` means invalid (exit 1).
 pub fn load(global: &Global) -> Option<Config> {
-    match config::load_dir(&global.config_dir) {
+    match config::load_dir_trusting(&global.config_dir, global.trust()) {
         Ok(config) => Some(config),
         Err(errors) => {
-            for e in &errors.0 {
+            // Enough to act on; a huge broken file must not flood the terminal or the journal.
+            const SHOWN: usize = 50;
+            for e in errors.0.iter().take(SHOWN) {
                 eprintln!("error: {e}");
             }
             let n = errors.0.len();
+            if n > SHOWN {
+                eprintln!("... and {} more", n - SHOWN);
+            }
             eprintln!("{n} error{} in the configuration; nothing was changed", if n == 1 { "" } else { "s" });
             None
         }
@@ -206,7 +223,7 @@ fn apply_cmd(global: &Global) -> Result<u8> {
 
 fn cleanup(global: &Global) -> Result<u8> {
     // The config is not needed to know what is ours, but its lock wait is used when valid.
-    let config = config::load_dir(&global.config_dir).unwrap_or_default();
+    let config = config::load_dir_trusting(&global.config_dir, global.trust()).unwrap_or_default();
     let runner = runner(global, &config)?;
     let plan = plan_against(&runner, &Ruleset::default())?;
     if plan.is_empty() {

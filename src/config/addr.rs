@@ -27,6 +27,12 @@ impl fmt::Display for Cidr {
 /// Parses an address, saying which family it looked like when it is wrong.
 pub fn parse_ip(text: &str) -> Result<IpAddr, String> {
     if let Ok(ip) = text.parse::<IpAddr>() {
+        // ip6tables would take it as IPv6 and no IPv4 packet would ever match it.
+        if let IpAddr::V6(v6) = ip {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return Err(format!("an IPv4-mapped IPv6 address; write the IPv4 address {v4}"));
+            }
+        }
         return Ok(ip);
     }
     if text.contains(':') {
@@ -127,6 +133,7 @@ mod tests {
         assert!(parse_cidr("198.19.0.0/33").unwrap_err().contains("invalid prefix length"));
         assert!(parse_cidr("198.19.0.0/+3").is_err());
         assert_eq!(parse_cidr("198.19.0.300/16").unwrap_err(), "invalid IPv4 address");
+        assert!(parse_cidr("::ffff:198.19.0.0/112").unwrap_err().contains("write the IPv4 address 198.19.0.0"));
     }
 
     #[test]
@@ -144,6 +151,7 @@ mod tests {
         assert!(parse_host_port("[2001:db8::2").unwrap_err().contains("missing"));
         assert!(parse_host_port("web.local:80").unwrap_err().contains("host names"));
         assert!(parse_host_port("").is_err());
+        assert!(parse_host_port("[::ffff:198.19.0.2]:80").unwrap_err().contains("IPv4-mapped"));
     }
 
     #[test]

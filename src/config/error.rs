@@ -39,6 +39,14 @@ pub enum ConfigError {
     Dir { dir: PathBuf, source: io::Error },
     #[error("{}: cannot read: {source}", path.display())]
     Read { path: PathBuf, source: io::Error },
+    #[error(
+        "{}: {problem}; refusing a config that anyone but root can change \
+         (fix: chown root and chmod go-w, or pass --allow-insecure-config)",
+        path.display()
+    )]
+    Untrusted { path: PathBuf, problem: String },
+    #[error("{}: {problem}", path.display())]
+    NotAFile { path: PathBuf, problem: &'static str },
     #[error("{at}: {message}")]
     Invalid { at: Location, message: String },
     #[error("{at}: {message} (first at {first})")]

@@ -65,7 +65,8 @@ pub(super) struct FileConfig {
 /// Parses one file. Errors are pushed to `errors`; what is valid is still returned so that
 /// checks across files can report everything at once.
 pub(super) fn parse(path: &Arc<Path>, source: &str, errors: &mut Vec<ConfigError>) -> FileConfig {
-    let mut cx = Cx { file: path, source, errors };
+    let line_starts = std::iter::once(0).chain(source.match_indices('\n').map(|(i, _)| i + 1)).collect();
+    let mut cx = Cx { file: path, source, errors, line_starts, count: 0 };
     let raw: RawFile = match toml::from_str(source) {
         Ok(raw) => raw,
         Err(e) => {
@@ -90,7 +91,15 @@ struct Cx<'a> {
     file: &'a Arc<Path>,
     source: &'a str,
     errors: &'a mut Vec<ConfigError>,
+    /// Where each line starts, so that placing an error costs a lookup, not a scan: a
+    /// 4 MiB file of bad array elements would otherwise take hours.
+    line_starts: Vec<usize>,
+    /// Errors reported for this file so far.
+    count: usize,
 }
+
+/// Past this many errors in one file, the rest of it is not reported.
+const MAX_ERRORS_PER_FILE: usize = 20;
 
 /// Where a field's error is reported: its value's line, under a prefix like `service "web"`.
 struct Scope<'s> {
@@ -100,11 +109,21 @@ struct Scope<'s> {
 
 impl Cx<'_> {
     fn loc(&self, offset: usize) -> Location {
-        Location::at(self.file, self.source, offset)
+        let offset = offset.min(self.source.len());
+        Location { file: Arc::clone(self.file), line: Some(self.line_starts.partition_point(|&s| s <= offset)) }
     }
 
     fn error(&mut self, scope: &Scope, offset: Option<usize>, field: &str, message: impl AsRef<str>) {
+        self.count += 1;
+        if self.count > MAX_ERRORS_PER_FILE {
+            return;
+        }
         let at = self.loc(offset.unwrap_or(scope.fallback));
+        if self.count == MAX_ERRORS_PER_FILE {
+            let message = format!("{} errors in this file; the rest of it is not checked", MAX_ERRORS_PER_FILE - 1);
+            self.errors.push(ConfigError::invalid(at, message));
+            return;
+        }
         let message = match (scope.prefix, field) {
             ("", f) => format!("{f}: {}", message.as_ref()),
             (p, "") => format!("{p}: {}", message.as_ref()),
@@ -261,16 +280,19 @@ impl Cx<'_> {
             self.error(&scope, at, "source_ranges", "limits who may use the external IPs, but external_ips is empty");
             ok = false;
         }
+        // Sets, not pairwise comparisons: a file may list a hundred thousand endpoints.
+        let mut seen = std::collections::HashSet::new();
         for (i, ep) in endpoints.iter().enumerate() {
-            if endpoints[..i].iter().any(|e| e.addr == ep.addr && e.port == ep.port) {
+            if !seen.insert((ep.addr, ep.port)) {
                 let at = r.endpoints.as_ref().and_then(|l| l.get_ref().get(i)).map(|v| v.span().start);
                 let what = crate::config::addr::host_port(ep.addr, ep.port);
                 self.error(&scope, at, "endpoint", format!("\"{what}\" is listed twice"));
                 ok = false;
             }
         }
+        let mut seen = std::collections::HashSet::from([vip]);
         for (i, ip) in external_ips.iter().enumerate() {
-            if external_ips[..i].contains(ip) || *ip == vip {
+            if !seen.insert(*ip) {
                 let at = r.external_ips.as_ref().and_then(|l| l.get_ref().get(i)).map(|v| v.span().start);
                 self.error(&scope, at, "external_ips", format!("{ip} is listed twice (or is the VIP)"));
                 ok = false;

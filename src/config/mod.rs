@@ -6,6 +6,7 @@
 pub mod addr;
 mod error;
 mod file;
+mod trust;
 
 use std::collections::HashMap;
 use std::fs;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 
 pub use addr::Cidr;
 pub use error::{ConfigError, ConfigErrors, Location};
+pub use trust::Trust;
 
 use crate::ruleset::Family;
 
@@ -155,7 +157,8 @@ pub fn is_config_file(name: &str) -> bool {
     name.ends_with(".toml") && name.len() > ".toml".len() && !name.starts_with(['.', '#'])
 }
 
-/// The config files of `dir`, in name order.
+/// The config files of `dir`, in name order: every entry named like one, whatever it is
+/// (a directory or a FIFO named `x.toml` is an error when loading, not silently skipped).
 pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     let dir_error = |source| ConfigError::Dir { dir: dir.to_path_buf(), source };
     let mut files = Vec::new();
@@ -163,8 +166,7 @@ pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
         let entry = entry.map_err(dir_error)?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        // Follows symlinks: a ConfigMap's files are links into its `..data` directory.
-        if is_config_file(name) && entry.path().is_file() {
+        if is_config_file(name) {
             files.push(entry.path());
         }
     }
@@ -172,12 +174,20 @@ pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     Ok(files)
 }
 
-/// Reads and validates every config file in `dir`.
+/// Reads and validates every config file in `dir`, refusing untrusted files when running
+/// as root (see [`Trust`]).
 pub fn load_dir(dir: &Path) -> Result<Config, ConfigErrors> {
+    load_dir_trusting(dir, Trust::for_process(false))
+}
+
+/// [`load_dir`] with an explicit [`Trust`].
+pub fn load_dir_trusting(dir: &Path, trust: Trust) -> Result<Config, ConfigErrors> {
+    let mut checker = trust::Checker::new(trust);
+    checker.dir(dir)?;
     let mut sources = Vec::new();
     let mut errors = Vec::new();
     for path in config_files(dir)? {
-        match read_limited(&path) {
+        match read_file(&path, &mut checker) {
             Ok(bytes) => sources.push((path, bytes)),
             Err(e) => errors.push(e),
         }
@@ -192,10 +202,36 @@ pub fn load_dir(dir: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
-fn read_limited(path: &Path) -> Result<Vec<u8>, ConfigError> {
+/// Reads one file: a regular file (symlinks followed, as a ConfigMap's are), trusted, and
+/// at most [`MAX_FILE_BYTES`]. Opened without blocking, so a FIFO put there cannot hang us.
+fn read_file(path: &Path, checker: &mut trust::Checker) -> Result<Vec<u8>, ConfigError> {
     use std::io::Read;
-    let read_error = |source| ConfigError::Read { path: path.to_path_buf(), source };
-    let file = fs::File::open(path).map_err(read_error)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let read_error = |source: std::io::Error| match source.raw_os_error() {
+        Some(e) if e == rustix::io::Errno::LOOP.raw_os_error() => {
+            ConfigError::NotAFile { path: path.to_path_buf(), problem: "a symlink loop; refusing to read it" }
+        }
+        _ => ConfigError::Read { path: path.to_path_buf(), source },
+    };
+    let not_a_file = |meta: &fs::Metadata| {
+        let problem = match meta.file_type() {
+            t if t.is_dir() => "a directory, not a config file",
+            _ => "not a regular file (a FIFO, socket or device); refusing to read it",
+        };
+        ConfigError::NotAFile { path: path.to_path_buf(), problem }
+    };
+    let meta = fs::metadata(path).map_err(read_error)?;
+    if !meta.is_file() {
+        return Err(not_a_file(&meta));
+    }
+    let nonblock = rustix::fs::OFlags::NONBLOCK.bits() as i32;
+    let file = fs::OpenOptions::new().read(true).custom_flags(nonblock).open(path).map_err(read_error)?;
+    // Checked again on what was opened: the entry may have been swapped since.
+    let meta = file.metadata().map_err(read_error)?;
+    if !meta.is_file() {
+        return Err(not_a_file(&meta));
+    }
+    checker.file(path, &meta)?;
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(read_error)?;
     if bytes.len() as u64 > MAX_FILE_BYTES {

@@ -6,4 +6,5 @@ mod core;
 mod fixtures;
 mod golden;
 mod harness;
+mod hostile;
 mod injection;
