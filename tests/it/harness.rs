@@ -86,6 +86,24 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Runs `f` on a thread that has entered this namespace, so that the iptables it runs
+    /// (through the library's runners) act there. The thread ends with `f`: nothing else
+    /// ever runs in the namespace by mistake.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let ns = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("open the namespace");
+        std::thread::scope(|s| {
+            let inside = s.spawn(move || {
+                use std::os::fd::AsFd;
+                rustix::thread::move_into_link_name_space(ns.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
+                    .expect("setns into the test namespace");
+                f()
+            });
+            inside.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
