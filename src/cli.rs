@@ -206,18 +206,28 @@ fn plan_cmd(global: &Global, detailed_exitcode: bool, format: PlanFormat) -> Res
     Ok(if detailed_exitcode && !plan.is_empty() { 2 } else { 0 })
 }
 
+/// How many times `apply` reads and plans again when another program changes our chains
+/// under it, before it gives up.
+const APPLY_ROUNDS: usize = 3;
+
 fn apply_cmd(global: &Global) -> Result<u8> {
     let Some(config) = load(global) else {
         return Ok(1);
     };
     let runner = runner(global, &config)?;
-    let plan = plan_against(&runner, &render::render(&config))?;
-    if plan.is_empty() {
+    let done = reconcile::converge(&runner, &render::render(&config), restore::DEFAULT_MAX_LINES, APPLY_ROUNDS)?;
+    let Some(first) = done.applied.first() else {
         println!("No changes. The live rules match the configuration.");
         return Ok(0);
+    };
+    println!("{}", report::applied_line(&first.summary()));
+    if done.applied.len() > 1 {
+        println!(
+            "Another program changed iptproxy's chains during the apply; they were read again and repaired \
+             ({} passes).",
+            done.applied.len()
+        );
     }
-    reconcile::apply(&runner, &plan, restore::DEFAULT_MAX_LINES)?;
-    println!("{}", report::applied_line(&plan.summary()));
     Ok(0)
 }
 

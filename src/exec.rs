@@ -9,6 +9,8 @@ use std::process::{Command, Stdio};
 use crate::backend::Backend;
 use crate::ruleset::Family;
 
+pub mod fault;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     #[error("{program} not found on PATH: install iptables, or choose another --backend")]
@@ -29,6 +31,30 @@ pub trait Runner {
 
     /// A short name for logs: `nft` or `legacy`.
     fn describe(&self) -> String;
+
+    /// The rule specifications of one chain, in order (what follows `-A CHAIN ` in
+    /// `iptables -S CHAIN`); an error when it cannot be read or does not exist. The default
+    /// reads the whole family with [`Runner::save`]: correct, but it pays for every rule.
+    fn list_chain(&self, family: Family, table: &str, chain: &str) -> Result<Vec<String>, ExecError> {
+        let mut text = String::new();
+        self.save(family, false, &mut |l| {
+            text.push_str(l);
+            text.push('\n');
+        })?;
+        let missing = || ExecError::Failed {
+            program: format!("{}-save", family.tool()),
+            status: "done".into(),
+            stderr: format!("no chain {chain} in table {table}"),
+        };
+        let tables = crate::save::parse(family, &text).map_err(|e| ExecError::Failed {
+            program: format!("{}-save", family.tool()),
+            status: "done".into(),
+            stderr: e.to_string(),
+        })?;
+        let t = tables.into_iter().find(|t| t.name == table).ok_or_else(missing)?;
+        let c = t.chains.get(chain).ok_or_else(missing)?;
+        Ok(c.specs().map(str::to_string).collect())
+    }
 }
 
 /// The real iptables binaries of one backend, found on PATH.
@@ -89,6 +115,27 @@ impl Runner for System {
 
     fn describe(&self) -> String {
         self.backend.to_string()
+    }
+
+    /// `iptables -S CHAIN`: one chain, at a cost that does not grow with the ruleset.
+    fn list_chain(&self, family: Family, table: &str, chain: &str) -> Result<Vec<String>, ExecError> {
+        let program = self.backend.program(family, "");
+        let wait = self.lock_wait.to_string();
+        let out = output(&program, &["-w", &wait, "-t", table, "-S", chain])?;
+        if !out.status.success() {
+            return Err(ExecError::Failed {
+                program,
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        let head = format!("-A {chain}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let spec = |l: &str| match l.strip_prefix(&head)? {
+            "" => Some(String::new()),
+            rest => rest.strip_prefix(' ').map(str::to_string),
+        };
+        Ok(text.lines().filter_map(spec).collect())
     }
 }
 

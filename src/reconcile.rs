@@ -1,7 +1,8 @@
 //! One reconcile pass, at the edge: read the live rules, plan, apply.
 
+use crate::chains;
 use crate::exec::{ExecError, Runner};
-use crate::plan::{ChainPlan, Plan};
+use crate::plan::{self, Action, ChainPlan, Op, Plan};
 use crate::render;
 use crate::restore::{self, Script};
 use crate::ruleset::{Family, Ruleset};
@@ -17,6 +18,39 @@ pub enum SyncError {
     Script(#[from] restore::ScriptError),
     #[error("{0}")]
     Restore(Box<RestoreFailure>),
+    #[error(
+        "another program kept changing iptproxy's chains ({}) while they were being applied, \
+         {rounds} times in a row; every transaction left a consistent state, but not the configured one. \
+         Find that program and stop it, then run again",
+        chains.join(", ")
+    )]
+    KeptChanging { chains: Vec<String>, rounds: usize },
+}
+
+/// A chain of ours that, read back after an apply, is not what the plan made it.
+#[derive(Debug)]
+pub struct Drift {
+    pub family: Family,
+    pub table: String,
+    pub chain: String,
+    /// Why it could not be read back, if it could not.
+    pub error: Option<ExecError>,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {}", self.family, self.table, self.chain)
+    }
+}
+
+/// What [`converge`] did.
+#[derive(Debug)]
+pub struct Converged {
+    /// The live rules before anything was applied.
+    pub before: Ruleset,
+    /// The plans applied, in order: none when nothing needed to change, more than one when
+    /// another program changed our chains under the first.
+    pub applied: Vec<Plan>,
 }
 
 /// What a failed `iptables-restore` was doing, for a message an operator can act on.
@@ -90,6 +124,76 @@ pub fn read_family(
         log::warn!("{}-save: {w}", family.tool());
     }
     Ok(parser.finish()?)
+}
+
+/// Makes the live rules equal to `desired`, as `iptproxy apply` does: read, plan, apply,
+/// then [`verify`]. Another program may change our chains between the read and the write
+/// (nothing locks across the two; iptables-nft takes no lock at all), and then an edit by
+/// position lands on the wrong rule. When the read-back shows that, the rules are read
+/// afresh and planned again, up to `rounds` passes in all.
+pub fn converge(
+    runner: &dyn Runner,
+    desired: &Ruleset,
+    max_lines: usize,
+    rounds: usize,
+) -> Result<Converged, SyncError> {
+    let needed = |f| desired.family(f).next().is_some();
+    let before = read_live(runner, needed)?;
+    let mut live = before.clone();
+    let mut applied = Vec::new();
+    let mut drifted = Vec::new();
+    for round in 1..=rounds.max(1) {
+        let plan = plan::plan(desired, &live);
+        if plan.is_empty() {
+            return Ok(Converged { before, applied });
+        }
+        apply(runner, &plan, max_lines)?;
+        drifted = verify(runner, &plan);
+        applied.push(plan);
+        if drifted.is_empty() {
+            return Ok(Converged { before, applied });
+        }
+        for d in &drifted {
+            let why = d.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default();
+            log::warn!(
+                "another program changed {d} while iptproxy applied its plan{why}; planning again (pass {round})"
+            );
+        }
+        live = read_live(runner, needed)?;
+    }
+    Err(SyncError::KeptChanging { chains: drifted.iter().map(|d| d.to_string()).collect(), rounds })
+}
+
+/// Reads back each of our chains that `plan` edited by position, and returns those that
+/// differ from what the plan meant. Positions are where a concurrent writer can make an
+/// edit land on the wrong rule; a chain created whole, or edited only by text, cannot be
+/// misplaced. One cheap `iptables -S CHAIN` per chain, so a small change costs little.
+pub fn verify(runner: &dyn Runner, plan: &Plan) -> Vec<Drift> {
+    let mut drifted = Vec::new();
+    for t in &plan.tables {
+        for c in &t.chains {
+            let positional =
+                c.ops.iter().any(|op| matches!(op, Op::Insert { .. } | Op::Replace { .. } | Op::Delete { .. }));
+            if c.action != Action::Update || !chains::is_ours(&c.chain) || !positional {
+                continue;
+            }
+            let drift = |error| Drift { family: t.family, table: t.table.clone(), chain: c.chain.clone(), error };
+            match runner.list_chain(t.family, &t.table, &c.chain) {
+                Ok(live) => {
+                    let same = live.len() == c.after.len()
+                        && live
+                            .iter()
+                            .zip(&c.after)
+                            .all(|(l, a)| crate::spec::canonical(l) == crate::spec::canonical(a));
+                    if !same {
+                        drifted.push(drift(None));
+                    }
+                }
+                Err(e) => drifted.push(drift(Some(e))),
+            }
+        }
+    }
+    drifted
 }
 
 /// Applies `plan` in transactions of at most about `max_lines` lines.

@@ -3,6 +3,7 @@
 
 mod cli;
 mod core;
+mod faults;
 mod fixtures;
 mod golden;
 mod harness;
