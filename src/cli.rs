@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::backend::{self, Choice};
 use crate::config::{self, Config};
+use crate::confirm;
 use crate::exec::{Runner, System};
 use crate::plan::{self, Plan};
 use crate::reconcile;
@@ -84,9 +85,37 @@ pub enum Command {
         script: bool,
     },
     /// Make the live rules match the config.
-    Apply,
+    Apply {
+        /// Then wait this long (e.g. 30s) for `iptproxy confirm` or Enter, else put the
+        /// previous iptproxy rules back.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        confirm: Option<std::time::Duration>,
+        #[command(flatten)]
+        run: RunDir,
+    },
+    /// Keep the rules of an `apply --confirm` that is waiting.
+    Confirm {
+        #[command(flatten)]
+        run: RunDir,
+    },
     /// Remove every chain and rule iptproxy owns, and nothing else.
     Cleanup,
+}
+
+/// Where `apply --confirm` and `confirm` meet.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunDir {
+    /// Directory for the confirmation rendezvous.
+    #[arg(long, env = "IPTPROXY_RUN_DIR", default_value = confirm::DEFAULT_RUN_DIR)]
+    pub run_dir: PathBuf,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 30s, 2m)"))?;
+    match d.is_zero() {
+        true => Err("must be more than 0s".into()),
+        false => Ok(d),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -109,7 +138,13 @@ pub fn run(cli: Cli) -> Result<u8> {
             };
             plan_cmd(&cli.global, detailed_exitcode, format)
         }
-        Command::Apply => apply_cmd(&cli.global),
+        Command::Apply { confirm: None, .. } => apply_cmd(&cli.global),
+        Command::Apply { confirm: Some(timeout), run } => apply_confirmed(&cli.global, timeout, &run.run_dir),
+        Command::Confirm { run } => {
+            let pid = confirm::confirm(&run.run_dir)?;
+            println!("Confirmed: the rules applied by iptproxy (pid {pid}) stay.");
+            Ok(0)
+        }
         Command::Cleanup => cleanup(&cli.global),
     }
 }
@@ -229,6 +264,64 @@ fn apply_cmd(global: &Global) -> Result<u8> {
         );
     }
     Ok(0)
+}
+
+/// `apply --confirm`: apply, wait for a confirmation, else put our previous rules back.
+/// Output after the wait ignores write errors: the operator's terminal may be gone, and
+/// that must not stop the rollback.
+fn apply_confirmed(global: &Global, timeout: std::time::Duration, run_dir: &std::path::Path) -> Result<u8> {
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let Some(config) = load(global) else {
+        return Ok(1);
+    };
+    let runner = runner(global, &config)?;
+    // Claimed before anything changes: if it cannot be, nothing is applied.
+    let pending = confirm::Pending::claim(run_dir)?;
+    // A lost SSH session (SIGHUP) must not kill us before the rollback; SIGINT and SIGTERM
+    // roll back at once.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let hangup = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&interrupted)).context("handling signals")?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hangup).context("handling signals")?;
+
+    let desired = render::render(&config);
+    let done = reconcile::converge(&runner, &desired, restore::DEFAULT_MAX_LINES, APPLY_ROUNDS)?;
+    let Some(first) = done.applied.first() else {
+        println!("No changes. The live rules match the configuration.");
+        return Ok(0);
+    };
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{}", report::applied_line(&first.summary()));
+    let _ = writeln!(
+        out,
+        "Confirm within {} with `iptproxy confirm`{}, or the previous iptproxy rules come back.",
+        humantime::format_duration(timeout),
+        if std::io::IsTerminal::is_terminal(&std::io::stdin()) { " or Enter here" } else { "" }
+    );
+    let _ = out.flush();
+    let answer = pending.wait(timeout, &interrupted);
+    drop(pending);
+    match answer {
+        confirm::Answer::Confirmed | confirm::Answer::KeyPressed => {
+            let _ = writeln!(out, "Confirmed: the new rules stay.");
+            Ok(0)
+        }
+        confirm::Answer::TimedOut | confirm::Answer::Interrupted => {
+            let why = match answer {
+                confirm::Answer::TimedOut => format!("not confirmed within {}", humantime::format_duration(timeout)),
+                _ => "interrupted".to_string(),
+            };
+            let previous = confirm::ours(&done.before);
+            reconcile::converge(&runner, &previous, restore::DEFAULT_MAX_LINES, APPLY_ROUNDS)
+                .with_context(|| format!("{why}, but putting the previous iptproxy rules back failed"))?;
+            let _ = writeln!(std::io::stderr(), "{why}: the previous iptproxy rules were put back");
+            Ok(1)
+        }
+    }
 }
 
 fn cleanup(global: &Global) -> Result<u8> {

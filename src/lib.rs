@@ -4,12 +4,13 @@
 //! The flow: [`config`] -> [`render`] -> desired [`ruleset`]; [`save`] parses the live one;
 //! [`plan`] diffs them; [`restore`] writes the `iptables-restore` input; [`exec`] runs
 //! iptables ([`backend`] picks which); [`reconcile`] strings one pass together; [`report`]
-//! shows a plan; [`cli`] is the command line.
+//! shows a plan; [`confirm`] rolls back an apply nobody confirmed; [`cli`] is the command line.
 
 pub mod backend;
 pub mod chains;
 pub mod cli;
 pub mod config;
+pub mod confirm;
 pub mod exec;
 pub mod plan;
 pub mod reconcile;

@@ -2,6 +2,7 @@
 //! Each module is one area; `harness` is the bench they share.
 
 mod cli;
+mod confirm;
 mod core;
 mod faults;
 mod fixtures;
