@@ -89,16 +89,16 @@ impl Pending {
         use std::os::unix::fs::DirBuilderExt;
         let io = |path: &Path, what, source| ConfirmError::Io { path: path.to_path_buf(), what, source };
         fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| io(dir, "create", e))?;
-        let p = Pending { pending: dir.join("pending"), confirmed: dir.join("confirmed") };
-        let _ = fs::remove_file(&p.confirmed);
-        if let Some(pid) = read_pid(&p.pending).filter(|&pid| alive(pid)) {
+        let (pending, confirmed) = (dir.join("pending"), dir.join("confirmed"));
+        if let Some(pid) = read_pid(&pending).filter(|&pid| alive(pid)) {
             return Err(ConfirmError::Busy { pid });
         }
+        let _ = fs::remove_file(&confirmed);
         // Written aside, then renamed: `confirm` never sees a half-written pid.
         let tmp = dir.join(format!(".pending.{}", std::process::id()));
         fs::write(&tmp, format!("{}\n", std::process::id())).map_err(|e| io(&tmp, "write", e))?;
-        fs::rename(&tmp, &p.pending).map_err(|e| io(&p.pending, "create", e))?;
-        Ok(p)
+        fs::rename(&tmp, &pending).map_err(|e| io(&pending, "create", e))?;
+        Ok(Pending { pending, confirmed })
     }
 
     /// Waits until confirmed, `timeout` passes, or `interrupted` is set; with a terminal on
