@@ -10,19 +10,20 @@ use std::process::{Child, Command};
 use crate::fixtures::{EVERY_FEATURE, many_services};
 use crate::harness::{BACKENDS, Bench};
 
-/// A directory of wrapper scripts to put first on PATH.
-struct Wrappers {
+/// A directory of wrapper scripts to put first on PATH: how tests of the binaries (the
+/// daemon's too) inject faults where iptproxy runs iptables.
+pub(crate) struct Wrappers {
     dir: tempfile::TempDir,
 }
 
 impl Wrappers {
-    fn new() -> Wrappers {
+    pub(crate) fn new() -> Wrappers {
         Wrappers { dir: tempfile::tempdir().unwrap() }
     }
 
     /// `tool` runs `before` (sh; `$REAL` is the real tool, `$CALL` how many times the tool
     /// was called, this one included), then the real tool with the same arguments and input.
-    fn wrap(&self, tool: &str, before: &str) {
+    pub(crate) fn wrap(&self, tool: &str, before: &str) {
         let real = real_tool(tool);
         let count = self.dir.path().join(format!("{tool}.calls"));
         let script = format!(
@@ -35,14 +36,14 @@ impl Wrappers {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
     }
 
-    fn unwrap_all(&self) {
+    pub(crate) fn unwrap_all(&self) {
         for entry in fs::read_dir(self.dir.path()).unwrap() {
             fs::remove_file(entry.unwrap().path()).unwrap();
         }
     }
 
     /// PATH with the wrappers first.
-    fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         format!("{}:{}", self.dir.path().display(), std::env::var("PATH").unwrap_or_default())
     }
 }
