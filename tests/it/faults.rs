@@ -316,3 +316,28 @@ mod in_process {
         }
     }
 }
+
+/// SIGKILL in the middle of a large apply (sent by the restore wrapper to its parent, so it
+/// lands at the same point every time: the first transaction committed, the second being
+/// written), then a rerun: it converges, and no rule is doubled.
+#[test]
+fn killed_in_the_middle_of_a_large_apply_a_rerun_converges_without_duplicates() {
+    for backend in BACKENDS {
+        let b = Bench::new(backend);
+        for (name, text) in many_services(1200, 2, 200) {
+            b.file(&name, &text);
+        }
+        let w = Wrappers::new();
+        w.wrap(&format!("iptables-{backend}-restore"), "if [ $CALL -eq 2 ]; then kill -9 $PPID; fi");
+        let run = b.iptproxy_env(&["apply"], &[("PATH", &w.path())]);
+        assert_eq!(run.code, -1, "{backend}: killed by a signal\n{}", run.stderr);
+        assert!(b.save(false).contains(":IPTPROXY-SEP-"), "{backend}: the first transaction committed");
+
+        b.iptproxy(&["apply"]).ok();
+        let save = b.save(false);
+        let mut seen = std::collections::HashSet::new();
+        let doubled: Vec<&str> = save.lines().filter(|l| l.starts_with("-A ") && !seen.insert(*l)).collect();
+        assert!(doubled.is_empty(), "{backend}: doubled rules: {doubled:?}");
+        b.iptproxy(&["plan", "--detailed-exitcode"]).ok();
+    }
+}
