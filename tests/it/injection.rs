@@ -378,3 +378,37 @@ fn the_tool_split_port_reads_the_tricky_cases_as_the_tool_does() {
     assert_eq!(tool_split(r#"--comment "it\'s \"q\"""#), Some(bytes(&["--comment", "it's \"q\""])));
     assert_eq!(tool_split(r#"--comment "open"#), None);
 }
+
+/// The real iptables-restore reads what the writer wrote as the writer meant it: every
+/// awkward comment arrives whole, as one argument, one rule per line.
+#[test]
+fn the_real_tool_reads_awkward_strings_as_one_argument_each() {
+    use iptproxy::backend::Backend;
+    use iptproxy::exec::{Runner, System};
+
+    let comments =
+        ["it's", "a \"b\"", "back\\slash", "", "-A", "--append X", "COMMIT", "*nat", "x -j ACCEPT", "#", ":X - [0:0]"];
+    let rules: Vec<String> =
+        comments.iter().map(|c| format!("-m comment --comment {} -j RETURN", spec::quote(c))).collect();
+    let chain = ChainPlan {
+        chain: "IPTPROXY-QUOTES".into(),
+        action: Action::Create,
+        before: Vec::new(),
+        after: Vec::new(),
+        ops: rules.iter().map(|r| Op::Append { rule: r.clone() }).collect(),
+    };
+    let plan = Plan { tables: vec![TablePlan { family: Family::Ipv4, table: "filter".into(), chains: vec![chain] }] };
+    let scripts = restore::scripts(&plan, restore::DEFAULT_MAX_LINES).unwrap();
+    for backend in [Backend::Nft, Backend::Legacy] {
+        let ns = crate::harness::Netns::new();
+        let live = ns.enter(|| {
+            let runner = System::new(backend, 5);
+            for s in &scripts {
+                runner.restore(s.family, &s.text).unwrap();
+            }
+            runner.list_chain(Family::Ipv4, "filter", "IPTPROXY-QUOTES").unwrap()
+        });
+        let read: Vec<String> = live.iter().map(|r| spec::comment(r).unwrap_or_else(|| panic!("{r}"))).collect();
+        assert_eq!(read, comments, "{backend}");
+    }
+}
