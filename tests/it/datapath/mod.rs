@@ -70,6 +70,23 @@ fn every_case_carries_ipv4_on_the_legacy_backend_too() {
     }
 }
 
+#[test]
+fn the_topology_is_torn_down_even_when_a_test_panics() {
+    let mut names = Vec::new();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let t = Topology::new("nft");
+        names = t.namespaces();
+        t.apply(Fam::V4, &format!("{SETTINGS}{WEIGHTED}"));
+        panic!("a test fails with its topology up and running");
+    }));
+    assert!(outcome.is_err());
+    assert_eq!(names.len(), 6);
+    let out = std::process::Command::new("ip").args(["netns", "list"]).output().expect("run ip netns list");
+    let list = String::from_utf8_lossy(&out.stdout);
+    let left: Vec<_> = names.iter().filter(|n| list.lines().any(|l| l.split(' ').next() == Some(n.as_str()))).collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}
+
 /// How many answers came from each backend.
 fn tally(answers: &[Answer]) -> BTreeMap<&str, usize> {
     let mut counts = BTreeMap::new();

@@ -183,6 +183,12 @@ impl Topology {
         host
     }
 
+    /// The names of all its namespaces.
+    pub fn namespaces(&self) -> Vec<String> {
+        let hosts = [&self.outside_client, &self.cluster_client].into_iter().chain(&self.backends);
+        hosts.map(|h| h.ns.name.clone()).chain([self.bench.ns.name.clone()]).collect()
+    }
+
     /// The namespace of the node itself, as a client of its own services.
     pub fn node(&self) -> &Netns {
         &self.bench.ns
