@@ -386,9 +386,9 @@ fn a_service_without_endpoints_refuses_connections_at_once_v4_v6() {
 
 /// Refused, not left to time out: without iptproxy's REJECT the packets would follow the
 /// node's default route to a host that drops them, and the client would wait for
-/// [`PATIENCE`] and get a timeout instead. (Over veth the REJECT's ICMP error comes back
+/// [`PATIENCE`] and get a timeout instead. (Over veth the REJECT's ICMP error can come back
 /// while `connect` still holds its socket, so TCP only notes it; the retransmitted SYN, a
-/// second later, gets the error that refuses the connection.)
+/// second later, then gets the error that refuses the connection.)
 fn a_service_without_endpoints_refuses_connections_at_once(t: &Topology, fam: Fam) {
     t.apply(fam, &format!("{SETTINGS}{EMPTY}"));
     let refused = |who: &str, result: std::io::Result<Answer>| match result {

@@ -134,6 +134,12 @@ impl Topology {
         let backends: Vec<Host> =
             [("b1", 1), ("b2", 2), ("b3", 3)].map(|(name, net)| Host::new(name, CLUSTER, net)).into();
 
+        // No duplicate address detection, for link-local addresses too: usable at once, not
+        // after a second or two in which neighbour discovery stalls.
+        for ns in [&bench.ns, &outside_client.ns, &cluster_client.ns].into_iter().chain(backends.iter().map(|b| &b.ns))
+        {
+            sysctl(ns, "net.ipv6.conf.default.accept_dad", "0");
+        }
         let node = &bench.ns.name;
         // No ICMP redirects from the node; set before its links exist, as a link's own setting
         // counts too. Traffic to an external IP from the outside client leaves by the link it
@@ -147,7 +153,6 @@ impl Topology {
             script += &format!("ip link add {link} netns {node} type veth peer name eth0 netns {peer}\n");
             script += &format!("ip -n {node} link set {link} up\nip -n {peer} link set eth0 up\n");
             for fam in FAMILIES {
-                // No duplicate address detection: an address is usable at once, not in 1-2 s.
                 let (len, nodad) = if fam == Fam::V4 { (24, "") } else { (64, " nodad") };
                 let (ours, theirs) = (host.node_side(fam), host.addr(fam));
                 script += &format!("ip -n {node} addr add {ours}/{len} dev {link}{nodad}\n");
