@@ -42,7 +42,7 @@ use client::{Answer, PATIENCE};
 use topology::{FAMILIES, Fam, Host, SETTINGS, Topology, at, external_ip, vip};
 
 /// Every case, for the run on the legacy backend.
-const CASES: [fn(&Topology, Fam); 9] = [
+const CASES: &[fn(&Topology, Fam)] = &[
     weighted_endpoints_share_connections_by_weight,
     masquerading_follows_the_client_and_the_policy,
     an_endpoint_reaches_its_own_service_through_the_vip,
