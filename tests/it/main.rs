@@ -3,6 +3,7 @@
 
 mod cli;
 mod core;
+mod datapath;
 mod fixtures;
 mod golden;
 mod harness;
