@@ -40,6 +40,11 @@ pub fn rpm() -> Result<PathBuf> {
     args.extend(define("version", crate::version()));
     args.extend(define("prebuilt", crate::root().display().to_string()));
     args.extend(define("cargo_target_dir", crate::target().display().to_string()));
+    // rpm without systemd-rpm-macros (Debian's) gets minimal equivalents.
+    let macros = sh::read(&mut cmd("rpm", ["--eval", "%{?systemd_post:yes}"])).unwrap_or_default();
+    if macros.trim() != "yes" {
+        args.push(format!("--load={}", crate::root().join("packaging/rpm/macros.systemd-fallback").display()));
+    }
     args.push(spec.display().to_string());
     // The build host's package database (Debian's, say) knows nothing of rpm's BuildRequires.
     if !sh::have("dnf") && !sh::have("yum") && !sh::have("zypper") {
