@@ -280,3 +280,49 @@ mod tests {
         assert!(daemon.contains("SIGHUP") && daemon.contains("--config-dir"), "{daemon}");
     }
 }
+
+/// The README's configuration tables must say what the reference says.
+#[cfg(test)]
+mod readme {
+    use iptproxy::config::reference::{Section, WhenAbsent};
+
+    const README: &str = include_str!("../../README.md");
+
+    /// The `| key | default | meaning |` rows of the table under `heading`.
+    fn table(heading: &str) -> Vec<(String, String)> {
+        let rest = README.split_once(heading).map(|(_, r)| r).unwrap_or_else(|| panic!("no {heading} in README"));
+        rest.lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+            .map(|row| {
+                let cells: Vec<&str> = row.split(" | ").collect();
+                let key = cells[0].trim_start_matches("| ").trim_matches('`').to_string();
+                (key, cells[1].trim_matches('`').to_string())
+            })
+            .collect()
+    }
+
+    fn reference(section: Section) -> Vec<(String, String)> {
+        section
+            .keys()
+            .map(|k| {
+                let default = match k.default {
+                    WhenAbsent::Value(v) => v.to_string(),
+                    other => other.to_string(),
+                };
+                (k.name.to_string(), default)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_lists_every_settings_key_with_its_default() {
+        assert_eq!(table("### `[settings]`"), reference(Section::Settings));
+    }
+
+    #[test]
+    fn the_readme_lists_every_service_key_with_its_default() {
+        assert_eq!(table("### `[[service]]`"), reference(Section::Service));
+    }
+}
