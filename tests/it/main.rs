@@ -6,3 +6,4 @@ mod core;
 mod fixtures;
 mod golden;
 mod harness;
+mod packaging;
