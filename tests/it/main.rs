@@ -7,3 +7,4 @@ mod datapath;
 mod fixtures;
 mod golden;
 mod harness;
+mod packaging;
