@@ -3,6 +3,7 @@
 
 mod cli;
 mod core;
+mod daemon;
 mod fixtures;
 mod golden;
 mod harness;
