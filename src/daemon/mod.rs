@@ -228,11 +228,13 @@ impl Daemon {
 
     /// The next moment a timer is due.
     pub fn next_wake(&self, now: Instant) -> Instant {
+        // While a retry is pending, it is the next full sync, and canaries have nothing to guard.
+        let guarding = self.desired.is_some() && self.retry_at.is_none();
         let timers = [
             self.settle.due(),
             self.retry_at,
-            self.desired.is_some().then_some(self.next_canary),
-            self.desired.is_some().then_some(self.next_resync),
+            (guarding && self.synced).then_some(self.next_canary),
+            guarding.then_some(self.next_resync),
             self.next_watchdog,
         ];
         timers.into_iter().flatten().min().unwrap_or(now + Duration::from_secs(60))
@@ -284,10 +286,11 @@ impl Daemon {
         if self.retry_at.is_some_and(|t| t <= now) {
             self.resync(now, Reason::Retry, false);
         }
-        if self.desired.is_some() && self.next_resync <= now {
+        let guarding = self.desired.is_some() && self.retry_at.is_none();
+        if guarding && self.next_resync <= now {
             self.resync(now, Reason::Resync, true);
         }
-        if self.desired.is_some() && self.next_canary <= now {
+        if guarding && self.synced && self.next_canary <= now {
             self.check_canaries(now);
         }
         if let Some(interval) = self.systemd.watchdog_interval() {
@@ -300,7 +303,7 @@ impl Daemon {
 
     fn files_changed(&mut self, now: Instant) {
         log::info!("config files changed; reloading");
-        let Some(new) = self.load() else {
+        let Some(new) = self.load(now) else {
             self.publish();
             return;
         };
@@ -314,7 +317,7 @@ impl Daemon {
 
     /// Syncs with the live rules, first reloading the files when `reload`.
     fn resync(&mut self, now: Instant, reason: Reason, reload: bool) {
-        let loaded = if reload { self.load() } else { None };
+        let loaded = if reload { self.load(now) } else { None };
         match loaded.or_else(|| self.desired.take()) {
             Some(target) => self.converge(target, reason, now, true),
             None => self.publish(),
@@ -323,13 +326,13 @@ impl Daemon {
 
     /// Loads the files. `None` when they are invalid: the errors are logged and kept in
     /// the state, and the config in force stays as it is.
-    fn load(&mut self) -> Option<Ruleset> {
+    fn load(&mut self, now: Instant) -> Option<Ruleset> {
         match config::load_dir(&self.dir) {
             Ok(config) => {
                 if self.state.config_error.take().is_some() {
                     log::info!("the configuration is valid again");
                 }
-                self.adopt(&config.settings);
+                self.adopt(&config.settings, now);
                 let counts = Counts {
                     services: config.services.len(),
                     endpoints: config.endpoint_count(),
@@ -356,8 +359,7 @@ impl Daemon {
 
     /// Puts new settings in force: the lock wait, and the intervals (a shorter one takes
     /// effect now, not after the old one runs out).
-    fn adopt(&mut self, settings: &Settings) {
-        let now = Instant::now();
+    fn adopt(&mut self, settings: &Settings, now: Instant) {
         if settings.lock_wait != self.settings.lock_wait {
             self.runner = (self.make_runner)(settings.lock_wait);
         }
