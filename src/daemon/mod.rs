@@ -288,7 +288,9 @@ impl Daemon {
         }
         let guarding = self.desired.is_some() && self.retry_at.is_none();
         if guarding && self.next_resync <= now {
-            self.resync(now, Reason::Resync, true);
+            // Not while a config file is being written: it would be read half-written.
+            let reload = self.settle.writing().next().is_none();
+            self.resync(now, Reason::Resync, reload);
         }
         if guarding && self.synced && self.next_canary <= now {
             self.check_canaries(now);
@@ -371,6 +373,7 @@ impl Daemon {
     /// Makes the kernel hold `target`: planned against the record of the last apply when
     /// it is trustworthy and `full` is not asked, else against the live rules.
     fn converge(&mut self, target: Ruleset, reason: Reason, now: Instant, full: bool) {
+        let started = Instant::now();
         let by_record =
             self.desired.as_ref().filter(|_| self.synced && !full).map(|r| plan::plan(&target, &r.as_live()));
         let result = match by_record {
@@ -386,7 +389,7 @@ impl Daemon {
         };
         self.desired = Some(target);
         match result {
-            Ok(summary) => self.succeeded(&summary, reason),
+            Ok(summary) => self.succeeded(&summary, reason, started.elapsed()),
             Err(e) => self.failed(&e, reason, now),
         }
         self.publish();
@@ -406,7 +409,7 @@ impl Daemon {
         Ok(plan.summary())
     }
 
-    fn succeeded(&mut self, summary: &Summary, reason: Reason) {
+    fn succeeded(&mut self, summary: &Summary, reason: Reason, took: Duration) {
         self.synced = true;
         self.backoff.reset();
         self.retry_at = None;
@@ -414,10 +417,10 @@ impl Daemon {
             log::info!("{reason}: applied after {} failed attempts", f.attempts);
         }
         if *summary == Summary::default() {
-            log::debug!("{reason}: the live rules match the config");
+            log::debug!("{reason}: the live rules match the config ({} ms)", took.as_millis());
             return;
         }
-        let line = report::applied_line(summary);
+        let line = format!("{} ({} ms)", report::applied_line(summary), took.as_millis());
         match reason {
             Reason::Resync | Reason::Canary => log::warn!("{reason}: the live rules had drifted; repaired. {line}"),
             _ => log::info!("{reason}: {line}"),

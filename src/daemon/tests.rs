@@ -325,3 +325,15 @@ fn a_file_being_written_holds_the_reload_back() {
     s.advance();
     assert_eq!(s.restores().len(), 3);
 }
+
+#[test]
+fn a_resync_while_a_file_is_being_written_does_not_read_it() {
+    let mut s = Setup::start(&[("web.toml", WEB), ("settings.toml", &settings("1h", "30s"))]);
+    let path = s.dir.path().join("web.toml");
+    let data = notify::Event::new(EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any)));
+    s.daemon.handle(Event::Files(Ok(data.add_path(path.clone()))), s.now);
+    std::fs::write(&path, WEB.replace("198.19.0.2", "198.19.0.8")).unwrap();
+    s.wait(Duration::from_secs(30));
+    assert_eq!(s.saves(), 4, "the resync ran");
+    assert!(s.last_sync_holds("198.19.0.2:8080") && !s.last_sync_holds("198.19.0.8"), "{:?}", s.restores());
+}

@@ -3,6 +3,7 @@
 //! what others flush or delete, obeys signals and retries failures. Each test runs on both
 //! the nf_tables and the legacy backend.
 
+mod figures;
 mod running;
 
 use nix::sys::signal::Signal;
