@@ -47,7 +47,7 @@ fn ready_comes_only_after_the_first_apply() {
         let shown = status(&ready).unwrap_or_default();
         assert!(shown.starts_with("2 services, 3 endpoints; applied 31 changes "), "{ready}");
         assert_eq!(d.notes().iter().filter(|n| has_line(n, "READY=1")).count(), 1);
-        let state: serde_json::Value = serde_json::from_slice(&std::fs::read(d.state_file()).unwrap()).unwrap();
+        let state = d.state();
         assert_eq!(state["in_sync"], true);
         assert_eq!(state["config"]["services"], 2);
         assert_eq!(state["last_apply"]["reason"], "start");
@@ -115,11 +115,15 @@ fn a_burst_of_writes_gives_one_reload_and_dotfiles_and_temporaries_none() {
         for name in [".web.toml.swp", "web.toml~", "#web.toml#", ".hidden.toml", "notes.txt"] {
             std::fs::write(b.path(name), "this is not toml [").unwrap();
         }
-        // A burst: ten files written back to back.
+        // A burst: ten files written as hidden temporaries (ignored), then renamed in place
+        // back to back, as a deployment tool would.
         for i in 0..10 {
             let svc =
                 WEB.replace("\"web\"", &format!("\"burst-{i}\"")).replace("198.18.0.10", &format!("198.18.1.{i}"));
-            b.file(&format!("burst-{i}.toml"), &svc);
+            std::fs::write(b.path(&format!(".burst-{i}.tmp")), svc).unwrap();
+        }
+        for i in 0..10 {
+            std::fs::rename(b.path(&format!(".burst-{i}.tmp")), b.path(&format!("burst-{i}.toml"))).unwrap();
         }
         d.wait_log("files changed: Applied", 1);
         assert!(in_sync(&b), "{backend}");
@@ -210,8 +214,7 @@ fn canary_repairs(wipe: impl Fn(&str) -> String, expected: &[&str]) {
         }
         d.wait_until("the rules to be back", |_| in_sync(&b));
         assert_eq!(d.count("resync:"), 0, "{backend}: the canary repaired it, not the resync");
-        let state: serde_json::Value = serde_json::from_slice(&std::fs::read(d.state_file()).unwrap()).unwrap();
-        assert_eq!(state["canary_hits"], expected.len(), "{backend}: {state}");
+        d.wait_until("the state file to count the hits", |d| d.state()["canary_hits"] == expected.len());
     }
 }
 
@@ -220,18 +223,22 @@ fn canary_repairs_a_flush_of_nat_alone() {
     canary_repairs(|b| format!("iptables-{b} -w -t nat -F"), &["the IPv4 nat table was flushed"]);
 }
 
+/// `-F` then `-X` of whole tables, as a firewall reload does, in one transaction so that
+/// a canary check cannot repair the table between the two (and make `-X` fail).
+fn flush_and_delete(tool: &str, backend: &str, tables: &[&str]) -> String {
+    let blocks: String = tables.iter().map(|t| format!("*{t}\\n-F\\n-X\\nCOMMIT\\n")).collect();
+    format!("printf '{blocks}' | {tool}-{backend}-restore --noflush -w")
+}
+
 #[test]
 fn canary_repairs_a_deletion_of_the_nat_chains() {
-    canary_repairs(
-        |b| format!("iptables-{b} -w -t nat -F && iptables-{b} -w -t nat -X"),
-        &["the IPv4 nat table was wiped (chains deleted)"],
-    );
+    canary_repairs(|b| flush_and_delete("iptables", b, &["nat"]), &["the IPv4 nat table was wiped (chains deleted)"]);
 }
 
 #[test]
 fn canary_repairs_a_deletion_of_the_filter_chains() {
     canary_repairs(
-        |b| format!("iptables-{b} -w -t filter -F && iptables-{b} -w -t filter -X"),
+        |b| flush_and_delete("iptables", b, &["filter"]),
         &["the IPv4 filter table was wiped (chains deleted)"],
     );
 }
@@ -239,15 +246,13 @@ fn canary_repairs_a_deletion_of_the_filter_chains() {
 #[test]
 fn canary_repairs_every_table_of_both_families_wiped() {
     canary_repairs(
-        |b| {
-            let mut script = String::new();
-            for tool in ["iptables", "ip6tables"] {
-                for table in ["raw", "mangle", "nat", "filter"] {
-                    script.push_str(&format!("{tool}-{b} -w -t {table} -F && {tool}-{b} -w -t {table} -X && "));
-                }
+        |b| match b {
+            // On nf_tables a firewall reload may drop the tables themselves, all at once.
+            "nft" => "nft flush ruleset".to_string(),
+            _ => {
+                let all = ["raw", "mangle", "nat", "filter"];
+                format!("{} && {}", flush_and_delete("iptables", b, &all), flush_and_delete("ip6tables", b, &all))
             }
-            // On nf_tables a firewall reload may also drop the tables themselves.
-            if b == "nft" { script + "nft flush ruleset" } else { script + "true" }
         },
         &[
             "the IPv4 nat table was wiped (chains deleted)",
@@ -341,8 +346,7 @@ fn a_failing_restore_is_retried_with_backoff_until_it_converges() {
         assert!(log.contains("attempt 1 failed; retrying in 1 s"), "{log}");
         assert!(log.contains("attempt 2 failed; retrying in 2 s"), "{log}");
         assert!(log.contains("retry: applied after 2 failed attempts"), "{log}");
-        let state: serde_json::Value = serde_json::from_slice(&std::fs::read(d.state_file()).unwrap()).unwrap();
-        assert_eq!(state["apply_error"], serde_json::Value::Null, "{state}");
+        assert_eq!(d.state()["apply_error"], serde_json::Value::Null, "{}", d.state());
     }
 }
 

@@ -78,6 +78,11 @@ impl Running {
         self.dir.path().join("state.json")
     }
 
+    /// The daemon's state file, as JSON (`null` until it is written).
+    pub fn state(&self) -> serde_json::Value {
+        std::fs::read(self.state_file()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
