@@ -4,6 +4,7 @@
 mod cli;
 mod core;
 mod daemon;
+mod datapath;
 mod fixtures;
 mod golden;
 mod harness;
