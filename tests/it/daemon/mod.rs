@@ -180,8 +180,14 @@ fn a_bad_file_keeps_the_rules_names_the_file_in_status_and_recovers() {
         let shown = status(&note).unwrap();
         assert!(shown.starts_with(&format!("config error: {}:1: ", path.display())), "{backend}: {shown}");
         assert!(shown.contains("(keeping the last good rules); 2 services, 3 endpoints"), "{shown}");
-        assert!(d.log().contains(&format!("{}:1:", path.display())), "the log names file and line");
+        // The log says it too (read from a pipe, so it may trail the notification).
+        d.wait_log(&format!("{}:1:", path.display()), 1);
         assert_eq!(b.save_all(), before, "{backend}: a bad config changed the rules");
+        let state_file = d.state_file();
+        let env = [("IPTPROXY_STATE_FILE", state_file.to_str().unwrap())];
+        let degraded = b.iptproxy_env(&["status"], &env).code(2);
+        assert!(degraded.stdout.contains("config error: since "), "{}", degraded.stdout);
+        assert!(degraded.stdout.contains(&format!("{}:1:", path.display())), "{}", degraded.stdout);
 
         // A conflict across files (a service moved, its old copy not yet removed).
         b.file("web.toml", WEB);
@@ -293,7 +299,7 @@ fn sighup_reloads_and_resyncs_between_reloading_and_ready() {
         assert!(reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")), "{reloading}");
         d.wait_note("READY=1 after the reload", |n| has_line(n, "READY=1"));
         assert!(in_sync(&b), "{backend}: the reload did not resync");
-        assert!(d.log().contains("SIGHUP: Applied: 1 chain changed; 1 rule added."), "{}", d.log());
+        d.wait_log("SIGHUP: Applied: 1 chain changed; 1 rule added.", 1);
     }
 }
 
@@ -342,10 +348,11 @@ fn a_failing_restore_is_retried_with_backoff_until_it_converges() {
         let first_failure = notes.iter().position(|n| n == &failing);
         assert!(first_failure < first_ready, "{backend}: READY=1 came before the rules were applied: {notes:#?}");
         assert!(status(&ready).unwrap().starts_with("2 services, 3 endpoints; applied"), "{ready}");
+        // Logged before READY=1, but read from a pipe, so they may trail it.
+        d.wait_log("retry: applied after 2 failed attempts", 1);
         let log = d.log();
         assert!(log.contains("attempt 1 failed; retrying in 1 s"), "{log}");
         assert!(log.contains("attempt 2 failed; retrying in 2 s"), "{log}");
-        assert!(log.contains("retry: applied after 2 failed attempts"), "{log}");
         assert_eq!(d.state()["apply_error"], serde_json::Value::Null, "{}", d.state());
     }
 }
