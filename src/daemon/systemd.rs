@@ -1,6 +1,7 @@
 //! Talking to systemd (`Type=notify`): readiness, reloads, stopping, a status line, and
 //! the watchdog. Outside systemd (`NOTIFY_SOCKET` unset) every call does nothing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -48,7 +49,11 @@ impl Systemd {
 }
 
 fn send(states: &[NotifyState]) {
+    // Once is enough to say the socket is broken; the status is sent every few seconds.
+    static WARNED: AtomicBool = AtomicBool::new(false);
     if let Err(e) = sd_notify::notify(states) {
-        log::warn!("cannot notify systemd ({}): {e}", std::env::var("NOTIFY_SOCKET").unwrap_or_default());
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            log::warn!("cannot notify systemd ({}): {e}", std::env::var("NOTIFY_SOCKET").unwrap_or_default());
+        }
     }
 }
