@@ -3,6 +3,7 @@
 
 mod cli;
 mod core;
+mod daemon;
 mod datapath;
 mod fixtures;
 mod golden;
