@@ -48,6 +48,13 @@ pub trait Runner {
         Ok(found.then_some(rules))
     }
 
+    /// Deletes the conntrack entries that match `filter` (`conntrack -D` arguments): flows
+    /// the last apply left pointing the wrong way (see [`crate::conntrack`]). Having none to
+    /// delete is success. This default does nothing, for runners that have no kernel.
+    fn forget_flows(&self, _family: Family, _filter: &[String]) -> Result<(), ExecError> {
+        Ok(())
+    }
+
     /// A short name for logs: `nft` or `legacy`.
     fn describe(&self) -> String;
 }
@@ -127,6 +134,26 @@ impl Runner for System {
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             }),
         }
+    }
+
+    fn forget_flows(&self, family: Family, filter: &[String]) -> Result<(), ExecError> {
+        let f = match family {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        };
+        let mut args = vec!["-D", "-f", f];
+        args.extend(filter.iter().map(String::as_str));
+        let out = output("conntrack", &args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // conntrack exits 1 when no entry matched; that is the usual case, not a failure.
+        if out.status.success() || stderr.contains(" 0 flow entries have been deleted") {
+            return Ok(());
+        }
+        Err(ExecError::Failed {
+            program: "conntrack".into(),
+            status: out.status.to_string(),
+            stderr: stderr.trim().into(),
+        })
     }
 
     fn describe(&self) -> String {

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod chains;
 pub mod cli;
 pub mod config;
+pub mod conntrack;
 pub mod daemon;
 pub mod exec;
 pub mod logging;

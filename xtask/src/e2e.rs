@@ -208,6 +208,12 @@ fn daemon_steps(c: &Container) -> Result<()> {
         c.sh("iptproxy plan --detailed-exitcode")?;
         Ok(())
     })?;
+    step("iptproxy status shows the running service and its endpoints", || {
+        let status = c.sh("iptproxy status")?;
+        ensure!(status.contains("shop/web"), "the status names no service:\n{status}");
+        ensure!(status.contains("198.19.0.4:8080"), "the status names no endpoint:\n{status}");
+        Ok(())
+    })?;
     step("an edit of a file is applied by the running service", || {
         let web = c.sh("cat /etc/iptproxy/web.toml")?;
         let edited = web.replace("\"198.19.0.4:8080\",\n", "\"198.19.0.4:8080\",\n    \"198.19.0.5:8080\",\n");

@@ -98,6 +98,36 @@ fn udp_ask(to: SocketAddr) -> io::Result<Answer> {
     Answer::parse(&String::from_utf8_lossy(&buf[..n]))
 }
 
+/// A UDP socket that keeps its source port: one conntrack flow, however many questions.
+pub struct UdpFlow(UdpSocket);
+
+impl UdpFlow {
+    /// Sends a question without waiting for an answer (for a flow nobody answers yet).
+    pub fn send(&self) -> io::Result<()> {
+        self.0.send(b"who are you?\n").map(drop)
+    }
+
+    pub fn ask(&self) -> io::Result<Answer> {
+        // An ICMP error for an earlier datagram would surface here; it is not this answer's.
+        let _ = self.0.take_error();
+        self.send()?;
+        let mut buf = [0; 512];
+        let n = self.0.recv(&mut buf)?;
+        Answer::parse(&String::from_utf8_lossy(&buf[..n]))
+    }
+}
+
+/// A UDP flow from inside `ns` to `to`.
+pub fn udp_flow(ns: &Netns, to: SocketAddr) -> io::Result<UdpFlow> {
+    in_netns(ns, || {
+        let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("a literal address");
+        let socket = UdpSocket::bind(any)?;
+        socket.connect(to)?;
+        socket.set_read_timeout(Some(PATIENCE))?;
+        Ok(UdpFlow(socket))
+    })
+}
+
 /// Sends a TCP SYN from inside `ns` without waiting for the outcome: the socket is
 /// non-blocking and its connect stays in flight until the returned descriptor is dropped.
 /// For traffic that is meant to be dropped, where waiting would only mean waiting for a timeout.

@@ -52,6 +52,7 @@ const CASES: &[fn(&Topology, Fam)] = &[
     udp_services_answer,
     a_service_without_endpoints_refuses_connections_at_once,
     new_connections_follow_an_endpoint_change_while_established_ones_keep_working,
+    an_ongoing_udp_flow_follows_its_service,
 ];
 
 /// Runs `case` for IPv4 and IPv6 on the nf_tables backend, in a topology of its own.
@@ -440,4 +441,40 @@ fn new_connections_follow_an_endpoint_change_while_established_ones_keep_working
         let a = conn.ask().unwrap_or_else(|e| panic!("{fam:?}: {who}'s established connection broke: {e}"));
         assert_eq!(a.backend, "b1", "{fam:?}: {who}");
     }
+}
+
+const UDP_ON_B1: &str = r#"
+[[service]]
+name = "dns"
+protocol = "udp"
+vip = "$vip1"
+port = 53
+endpoints = ["$ep1"]
+"#;
+
+#[test]
+fn an_ongoing_udp_flow_follows_its_service_v4_v6() {
+    on_nft(an_ongoing_udp_flow_follows_its_service);
+}
+
+/// Conntrack pins a UDP flow (one client socket, one source port) to where its first packet
+/// went. iptproxy clears such entries after an apply, so the same flow is served once its
+/// service exists, and leaves an endpoint that was removed.
+fn an_ongoing_udp_flow_follows_its_service(t: &Topology, fam: Fam) {
+    // Another service first: conntrack only runs in a namespace that has NAT rules at all.
+    let other = UDP_ON_B1.replace("\"dns\"", "\"other\"").replace("$vip1", "$vip2");
+    t.apply(fam, &format!("{SETTINGS}{other}"));
+    // From the node itself: its datagram to the unserved VIP leaves by the default route and
+    // is tracked (a forwarded one would meet this topology's FORWARD policy DROP untracked).
+    let flow = client::udp_flow(t.node(), at(vip(fam, 1), 53)).expect("open a UDP socket in the node");
+    flow.send().expect("send a datagram");
+    eventually(&format!("{fam:?}: the node tracks the unserved flow"), || t.tracks_udp_to(fam, vip(fam, 1)));
+
+    t.apply(fam, &format!("{SETTINGS}{other}{UDP_ON_B1}"));
+    let a = flow.ask().unwrap_or_else(|e| panic!("{fam:?}: the flow that began before its service is not served: {e}"));
+    assert_eq!(a.backend, "b1", "{fam:?}");
+
+    t.apply(fam, &format!("{SETTINGS}{other}{}", UDP_ON_B1.replace("$ep1", "$ep2")));
+    let a = flow.ask().unwrap_or_else(|e| panic!("{fam:?}: the flow was lost: {e}"));
+    assert_eq!(a.backend, "b2", "{fam:?}: the flow stayed on the removed endpoint");
 }

@@ -207,6 +207,15 @@ impl Topology {
         self.bench.iptproxy(&["apply"]).ok();
     }
 
+    /// Whether the node's conntrack has a UDP flow to `addr`.
+    pub fn tracks_udp_to(&self, fam: Fam, addr: IpAddr) -> bool {
+        let family = if fam == Fam::V4 { "ipv4" } else { "ipv6" };
+        let addr_text = addr.to_string();
+        let args = ["-L", "-f", family, "-p", "udp", "--orig-dst", &addr_text];
+        let out = self.node().command("conntrack").args(args).output().expect("run conntrack (package conntrack)");
+        String::from_utf8_lossy(&out.stdout).contains(&format!("dst={addr} "))
+    }
+
     /// TCP connections plus UDP datagrams that reached any backend so far.
     pub fn seen(&self) -> usize {
         self.servers.iter().map(Server::seen).sum()
