@@ -47,33 +47,20 @@ pub struct Counts {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     pub at: u64,
-    pub chains_added: usize,
-    pub chains_changed: usize,
-    pub chains_deleted: usize,
-    pub rules_added: usize,
-    pub rules_changed: usize,
-    pub rules_deleted: usize,
+    #[serde(flatten)]
+    pub summary: Summary,
     /// What prompted it: `start`, `files changed`, `canary`, `resync`, `SIGHUP`, `retry`.
     pub reason: String,
 }
 
 impl Applied {
-    pub fn new(at: u64, s: &Summary, reason: &str) -> Applied {
-        Applied {
-            at,
-            chains_added: s.chains_added,
-            chains_changed: s.chains_changed,
-            chains_deleted: s.chains_deleted,
-            rules_added: s.rules_added,
-            rules_changed: s.rules_changed,
-            rules_deleted: s.rules_deleted,
-            reason: reason.to_string(),
-        }
+    pub fn new(at: u64, summary: &Summary, reason: &str) -> Applied {
+        Applied { at, summary: *summary, reason: reason.to_string() }
     }
 
     /// Rule edits: what an operator counts as changes.
     pub fn changes(&self) -> usize {
-        self.rules_added + self.rules_changed + self.rules_deleted
+        self.summary.rules_added + self.summary.rules_changed + self.summary.rules_deleted
     }
 }
 
