@@ -49,6 +49,9 @@ pub struct Global {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Where iptproxyd writes its state, and `iptproxy status` reads it.
+    #[arg(long, env = "IPTPROXY_STATE_FILE", default_value = crate::daemon::state::DEFAULT_STATE_FILE, global = true)]
+    pub state_file: PathBuf,
     /// Read config files and directories that users other than root can change. As root,
     /// these are refused by default, as sshd's StrictModes refuses them.
     #[arg(long, env = "IPTPROXY_ALLOW_INSECURE_CONFIG", global = true, action = clap::ArgAction::SetTrue,
@@ -100,6 +103,12 @@ pub enum Command {
     },
     /// Remove every chain and rule iptproxy owns, and nothing else.
     Cleanup,
+    /// Show what iptproxyd did last, and the traffic per service and endpoint.
+    Status {
+        /// Print it as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Where `apply --confirm` and `confirm` meet.
@@ -146,6 +155,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Cleanup => cleanup(&cli.global),
+        Command::Status { json } => crate::status::run(&cli.global, json),
     }
 }
 
@@ -346,5 +356,5 @@ pub fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    crate::logging::init(level);
 }

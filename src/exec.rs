@@ -29,32 +29,36 @@ pub trait Runner {
     /// Feeds `input` to `iptables-restore --noflush`.
     fn restore(&self, family: Family, input: &str) -> Result<(), ExecError>;
 
+    /// The rules of one chain (each as `iptables-save` prints it after `-A CHAIN `), or
+    /// `None` when the chain (or its table) does not exist. This default reads the whole
+    /// family; [`System`] asks for the one chain, which costs the same at any ruleset size.
+    fn list_chain(&self, family: Family, table: &str, chain: &str) -> Result<Option<Vec<String>>, ExecError> {
+        let mut current = String::new();
+        let mut found = false;
+        let mut rules = Vec::new();
+        let rule_prefix = format!("-A {chain} ");
+        self.save(family, false, &mut |line| {
+            if let Some(t) = line.strip_prefix('*') {
+                current = t.to_string();
+            } else if current == table {
+                found |= line.split(' ').next() == Some(&format!(":{chain}"));
+                if let Some(spec) = line.strip_prefix(&rule_prefix) {
+                    rules.push(spec.to_string());
+                }
+            }
+        })?;
+        Ok(found.then_some(rules))
+    }
+
+    /// Deletes the conntrack entries that match `filter` (`conntrack -D` arguments): flows
+    /// the last apply left pointing the wrong way (see [`crate::conntrack`]). Having none to
+    /// delete is success. This default does nothing, for runners that have no kernel.
+    fn forget_flows(&self, _family: Family, _filter: &[String]) -> Result<(), ExecError> {
+        Ok(())
+    }
+
     /// A short name for logs: `nft` or `legacy`.
     fn describe(&self) -> String;
-
-    /// The rule specifications of one chain, in order (what follows `-A CHAIN ` in
-    /// `iptables -S CHAIN`); an error when it cannot be read or does not exist. The default
-    /// reads the whole family with [`Runner::save`]: correct, but it pays for every rule.
-    fn list_chain(&self, family: Family, table: &str, chain: &str) -> Result<Vec<String>, ExecError> {
-        let mut text = String::new();
-        self.save(family, false, &mut |l| {
-            text.push_str(l);
-            text.push('\n');
-        })?;
-        let missing = || ExecError::Failed {
-            program: format!("{}-save", family.tool()),
-            status: "done".into(),
-            stderr: format!("no chain {chain} in table {table}"),
-        };
-        let tables = crate::save::parse(family, &text).map_err(|e| ExecError::Failed {
-            program: format!("{}-save", family.tool()),
-            status: "done".into(),
-            stderr: e.to_string(),
-        })?;
-        let t = tables.into_iter().find(|t| t.name == table).ok_or_else(missing)?;
-        let c = t.chains.get(chain).ok_or_else(missing)?;
-        Ok(c.specs().map(str::to_string).collect())
-    }
 }
 
 /// The real iptables binaries of one backend, found on PATH.
@@ -113,29 +117,49 @@ impl Runner for System {
         finish(&program, child)
     }
 
-    fn describe(&self) -> String {
-        self.backend.to_string()
-    }
-
-    /// `iptables -S CHAIN`: one chain, at a cost that does not grow with the ruleset.
-    fn list_chain(&self, family: Family, table: &str, chain: &str) -> Result<Vec<String>, ExecError> {
+    fn list_chain(&self, family: Family, table: &str, chain: &str) -> Result<Option<Vec<String>>, ExecError> {
         let program = self.backend.program(family, "");
         let wait = self.lock_wait.to_string();
         let out = output(&program, &["-w", &wait, "-t", table, "-S", chain])?;
-        if !out.status.success() {
-            return Err(ExecError::Failed {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match out.status.code() {
+            Some(0) => {
+                let prefix = format!("-A {chain} ");
+                Ok(Some(stdout.lines().filter_map(|l| l.strip_prefix(&prefix)).map(str::to_string).collect()))
+            }
+            // iptables exits 1 for "no such chain" (legacy: "No chain/target/match by that
+            // name"; nft: "... is incompatible"); 2 and up are usage, version, lock problems.
+            Some(1) => Ok(None),
+            _ => Err(ExecError::Failed {
                 program,
                 status: out.status.to_string(),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
+            }),
         }
-        let head = format!("-A {chain}");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let spec = |l: &str| match l.strip_prefix(&head)? {
-            "" => Some(String::new()),
-            rest => rest.strip_prefix(' ').map(str::to_string),
+    }
+
+    fn forget_flows(&self, family: Family, filter: &[String]) -> Result<(), ExecError> {
+        let f = match family {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
         };
-        Ok(text.lines().filter_map(spec).collect())
+        let mut args = vec!["-D", "-f", f];
+        args.extend(filter.iter().map(String::as_str));
+        let out = output("conntrack", &args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // conntrack exits 1 when no entry matched; that is the usual case, not a failure.
+        if out.status.success() || stderr.contains(" 0 flow entries have been deleted") {
+            return Ok(());
+        }
+        Err(ExecError::Failed {
+            program: "conntrack".into(),
+            status: out.status.to_string(),
+            stderr: stderr.trim().into(),
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.backend.to_string()
     }
 }
 

@@ -73,7 +73,7 @@ pub struct Plan {
     pub tables: Vec<TablePlan>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Summary {
     pub chains_added: usize,
     pub chains_changed: usize,

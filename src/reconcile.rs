@@ -1,6 +1,7 @@
 //! One reconcile pass, at the edge: read the live rules, plan, apply.
 
 use crate::chains;
+use crate::conntrack;
 use crate::exec::{ExecError, Runner};
 use crate::plan::{self, Action, ChainPlan, Op, Plan};
 use crate::render;
@@ -179,7 +180,8 @@ pub fn verify(runner: &dyn Runner, plan: &Plan) -> Vec<Drift> {
             }
             let drift = |error| Drift { family: t.family, table: t.table.clone(), chain: c.chain.clone(), error };
             match runner.list_chain(t.family, &t.table, &c.chain) {
-                Ok(live) => {
+                Ok(None) => drifted.push(drift(None)),
+                Ok(Some(live)) => {
                     let same = live.len() == c.after.len()
                         && live
                             .iter()
@@ -196,7 +198,8 @@ pub fn verify(runner: &dyn Runner, plan: &Plan) -> Vec<Drift> {
     drifted
 }
 
-/// Applies `plan` in transactions of at most about `max_lines` lines.
+/// Applies `plan` in transactions of at most about `max_lines` lines, then clears the UDP
+/// flows it left pointing the wrong way.
 pub fn apply(runner: &dyn Runner, plan: &Plan, max_lines: usize) -> Result<(), SyncError> {
     for (i, script) in restore::scripts(plan, max_lines)?.iter().enumerate() {
         log::debug!("{} {} transaction:\n{}", script.family, script.table, script.text);
@@ -204,7 +207,22 @@ pub fn apply(runner: &dyn Runner, plan: &Plan, max_lines: usize) -> Result<(), S
             return Err(SyncError::Restore(Box::new(describe_failure(plan, script, i, error))));
         }
     }
+    forget_stale_flows(runner, plan);
     Ok(())
+}
+
+/// Best effort: the rules are right whatever happens here, so a failure is a warning.
+fn forget_stale_flows(runner: &dyn Runner, plan: &Plan) {
+    static MISSING_WARNED: std::sync::Once = std::sync::Once::new();
+    for stale in conntrack::stale(plan) {
+        match runner.forget_flows(stale.family, &stale.filter) {
+            Ok(()) => log::debug!("cleared {} conntrack entries: {}", stale.family, stale.filter.join(" ")),
+            Err(ExecError::NotFound { .. }) => MISSING_WARNED.call_once(|| {
+                log::warn!("conntrack is not installed: UDP flows to removed endpoints go on until they time out")
+            }),
+            Err(e) => log::warn!("clearing stale UDP flows ({}): {e}", stale.filter.join(" ")),
+        }
+    }
 }
 
 fn describe_failure(plan: &Plan, script: &Script, committed: usize, error: ExecError) -> RestoreFailure {

@@ -136,10 +136,14 @@ impl<R: Runner> Runner for Faulty<R> {
         format!("{} (with faults)", self.inner.describe())
     }
 
-    fn list_chain(&self, family: Family, table: &str, chain: &str) -> Result<Vec<String>, ExecError> {
+    fn list_chain(&self, family: Family, table: &str, chain: &str) -> Result<Option<Vec<String>>, ExecError> {
         if let Some(e) = self.missing(family, "") {
             return Err(e);
         }
         self.inner.list_chain(family, table, chain)
+    }
+
+    fn forget_flows(&self, family: Family, filter: &[String]) -> Result<(), ExecError> {
+        self.inner.forget_flows(family, filter)
     }
 }

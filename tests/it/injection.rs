@@ -406,7 +406,7 @@ fn the_real_tool_reads_awkward_strings_as_one_argument_each() {
             for s in &scripts {
                 runner.restore(s.family, &s.text).unwrap();
             }
-            runner.list_chain(Family::Ipv4, "filter", "IPTPROXY-QUOTES").unwrap()
+            runner.list_chain(Family::Ipv4, "filter", "IPTPROXY-QUOTES").unwrap().expect("the chain exists")
         });
         let read: Vec<String> = live.iter().map(|r| spec::comment(r).unwrap_or_else(|| panic!("{r}"))).collect();
         assert_eq!(read, comments, "{backend}");

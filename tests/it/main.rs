@@ -4,9 +4,12 @@
 mod cli;
 mod confirm;
 mod core;
+mod daemon;
+mod datapath;
 mod faults;
 mod fixtures;
 mod golden;
 mod harness;
 mod hostile;
 mod injection;
+mod packaging;
