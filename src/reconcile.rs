@@ -140,11 +140,12 @@ pub fn converge(
 ) -> Result<Converged, SyncError> {
     let needed = |f| desired.family(f).next().is_some();
     let before = read_live(runner, needed)?;
-    let mut live = before.clone();
+    // Read again only after a drift; `before` is not copied (it can be large).
+    let mut fresh: Option<Ruleset> = None;
     let mut applied = Vec::new();
     let mut drifted = Vec::new();
     for round in 1..=rounds.max(1) {
-        let plan = plan::plan(desired, &live);
+        let plan = plan::plan(desired, fresh.as_ref().unwrap_or(&before));
         if plan.is_empty() {
             return Ok(Converged { before, applied });
         }
@@ -160,7 +161,7 @@ pub fn converge(
                 "another program changed {d} while iptproxy applied its plan{why}; planning again (pass {round})"
             );
         }
-        live = read_live(runner, needed)?;
+        fresh = Some(read_live(runner, needed)?);
     }
     Err(SyncError::KeptChanging { chains: drifted.iter().map(|d| d.to_string()).collect(), rounds })
 }

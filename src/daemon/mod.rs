@@ -38,6 +38,9 @@ use state::{Applied, Counts, Failure, Stamped, State, unix};
 use systemd::Systemd;
 use watch::{Change, Settle};
 
+/// Passes of read, plan, apply and read-back before another program's writes are an error.
+const SYNC_ROUNDS: usize = 3;
+
 #[derive(Debug, Clone)]
 pub struct Options {
     pub config_dir: PathBuf,
@@ -402,15 +405,13 @@ impl Daemon {
         }
     }
 
-    /// Reads the live rules, plans against them and applies.
+    /// Reads the live rules, plans against them and applies (again, from a fresh read,
+    /// when another program changes a chain under it; see [`reconcile::converge`]).
     fn sync_with_live(&mut self, target: &Ruleset, now: Instant) -> Result<Summary, SyncError> {
-        let live = reconcile::read_live(&*self.runner, |f| target.family(f).next().is_some())?;
-        let plan = plan::plan(target, &live);
-        drop(live);
-        reconcile::apply(&*self.runner, &plan, restore::DEFAULT_MAX_LINES)?;
+        let done = reconcile::converge(&*self.runner, target, restore::DEFAULT_MAX_LINES, SYNC_ROUNDS)?;
         self.state.last_full_sync = Some(unix(SystemTime::now()));
         self.next_resync = now + secs(self.settings.resync_interval);
-        Ok(plan.summary())
+        Ok(done.applied.first().map(plan::Plan::summary).unwrap_or_default())
     }
 
     fn succeeded(&mut self, summary: &Summary, reason: Reason, took: Duration) {

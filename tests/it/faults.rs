@@ -10,6 +10,8 @@ use std::process::{Child, Command};
 use crate::fixtures::{EVERY_FEATURE, many_services};
 use crate::harness::{BACKENDS, Bench};
 
+mod daemon;
+
 /// A directory of wrapper scripts to put first on PATH: how tests of the binaries (the
 /// daemon's too) inject faults where iptproxy runs iptables.
 pub(crate) struct Wrappers {
@@ -48,7 +50,7 @@ impl Wrappers {
     }
 }
 
-fn real_tool(tool: &str) -> String {
+pub(crate) fn real_tool(tool: &str) -> String {
     let out = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap();
     let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(Path::new(&path).is_absolute(), "{tool} is not installed");

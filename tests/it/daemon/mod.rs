@@ -4,7 +4,7 @@
 //! the nf_tables and the legacy backend.
 
 mod figures;
-mod running;
+pub(crate) mod running;
 
 use nix::sys::signal::Signal;
 
