@@ -46,7 +46,7 @@ fn killed_in_the_middle_of_a_large_apply_the_daemon_converges_after_a_restart() 
 fn iptables_save_garbage_is_retried_until_it_clears() {
     for backend in BACKENDS {
         let b = Bench::new(backend);
-        b.file("services.toml", &EVERY_FEATURE.replace("[settings]\n", &format!("{QUIET}")));
+        b.file("services.toml", &EVERY_FEATURE.replace("[settings]\n", QUIET));
         let w = Wrappers::new();
         w.wrap(&format!("iptables-{backend}-save"), "if [ $CALL -le 2 ]; then echo '*nat'; echo 'garbage'; exit 0; fi");
         let mut d = Running::start(&b, &[("PATH", &w.path())]);
