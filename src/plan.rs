@@ -163,7 +163,10 @@ fn plan_table(desired: &Table, live: &Table) -> Vec<ChainPlan> {
         }
     }
     let depth = Depths::new(desired);
-    changes.sort_by_cached_key(|c| (depth.of(&c.chain), c.chain.clone()));
+    // Within a depth, chains are created in an order scrambled from their names, not in
+    // name order: iptables-nft-save (1.8.9) reads back chains created in name order in
+    // quadratic time (33,000 chains: 11 s, against 0.26 s when created scrambled).
+    changes.sort_by_cached_key(|c| (depth.of(&c.chain), scramble(&c.chain), c.chain.clone()));
 
     let mut builtins: BTreeSet<&str> = desired.hooks.iter().map(|h| h.chain.as_str()).collect();
     builtins.extend(live.chains.iter().filter(|(_, c)| c.is_builtin()).map(|(n, _)| n.as_str()));
@@ -324,6 +327,11 @@ impl<'a> Depths<'a> {
         self.memo.borrow_mut().insert(name, d);
         d
     }
+}
+
+/// A deterministic shuffle key for a chain name (FNV-1a).
+fn scramble(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The target of a rule we rendered: the word after its last ` -j ` or ` -g `.

@@ -89,11 +89,10 @@ fn creates_updates_and_deletes_chains() {
     let desired = table(&[("IPTPROXY-A", &["-j RETURN"]), ("IPTPROXY-B", &["-s 198.19.0.1/32 -j RETURN"])], &[]);
     let live = table(&[("IPTPROXY-B", &["-s 198.19.0.2/32 -j RETURN"]), ("IPTPROXY-C", &["-j RETURN"])], &[]);
     let p = plan(&ruleset(desired), &ruleset(live));
-    let actions: Vec<_> = p.tables[0].chains.iter().map(|c| (c.chain.as_str(), c.action.clone())).collect();
-    assert_eq!(
-        actions,
-        [("IPTPROXY-A", Action::Create), ("IPTPROXY-B", Action::Update), ("IPTPROXY-C", Action::Delete)]
-    );
+    let mut actions: Vec<_> = p.tables[0].chains.iter().map(|c| (c.chain.as_str(), c.action.clone())).collect();
+    assert_eq!(actions.pop(), Some(("IPTPROXY-C", Action::Delete)), "deletions come last");
+    actions.sort_by_key(|a| a.0);
+    assert_eq!(actions, [("IPTPROXY-A", Action::Create), ("IPTPROXY-B", Action::Update)]);
     let s = p.summary();
     assert_eq!((s.chains_added, s.chains_changed, s.chains_deleted), (1, 1, 1));
     assert_eq!((s.rules_added, s.rules_changed, s.rules_deleted), (1, 1, 1));
@@ -207,4 +206,28 @@ fn a_rendered_ruleset_as_live_needs_no_change() {
     let filter = forward.table(Family::Ipv4, "filter").unwrap();
     let specs: Vec<&str> = filter.chains["FORWARD"].specs().collect();
     assert!(specs.last().unwrap().ends_with("-j IPTPROXY-FORWARD"), "appended hooks come last: {specs:#?}");
+}
+
+#[test]
+fn chains_of_one_depth_are_not_created_in_name_order() {
+    // iptables-nft-save reads back chains created in name order in quadratic time.
+    let names: Vec<String> = (0..100).map(|i| format!("IPTPROXY-SEP-{i:03}")).collect();
+    let chains: Vec<(&str, &[&str])> = names.iter().map(|n| (n.as_str(), &["-j RETURN"][..])).collect();
+    let p = plan(&ruleset(table(&chains, &[])), &Ruleset::default());
+    let order: Vec<&str> = p.tables[0].chains.iter().map(|c| c.chain.as_str()).collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(sorted, names, "every chain is created");
+    assert_ne!(order, sorted);
+    sorted.reverse();
+    assert_ne!(order, sorted);
+    assert_eq!(
+        order,
+        plan(&ruleset(table(&chains, &[])), &Ruleset::default()).tables[0]
+            .chains
+            .iter()
+            .map(|c| c.chain.as_str())
+            .collect::<Vec<_>>(),
+        "and the order is the same every time"
+    );
 }
