@@ -1,0 +1,156 @@
+//! The rows that need the running daemon: a one-endpoint edit from the file's rename to the
+//! rule in the kernel, a no-op resync, and the daemon's peak memory.
+//!
+//! `iptproxyd` speaks systemd's notify protocol: the benchmark binds a datagram socket,
+//! passes it as `NOTIFY_SOCKET`, waits for `READY=1` after the first sync, and after a
+//! `SIGHUP` (a full resync) for the `READY=1` that follows `RELOADING=1`. The edit is seen
+//! in the kernel with `nft monitor` (nft: the first rule event after the rename is the
+//! daemon's commit) or by polling the edited chain (legacy).
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::Netns;
+use crate::run::vm_hwm;
+use crate::workload::{DAEMON_ENDPOINT, Workload};
+use crate::{Cell, Row, row};
+
+/// How long the daemon may take to start (its first sync reads the whole ruleset).
+const START: Duration = Duration::from_secs(3600);
+const EDIT: Duration = Duration::from_secs(600);
+
+pub fn rows(ns: &Netns, bin_dir: &Path, work: &Workload, edit: (usize, String), bare_edit: Duration) -> Vec<Row> {
+    match measure(ns, bin_dir, work, edit, bare_edit) {
+        Ok(rows) => rows,
+        Err(e) => vec![row("daemon rows (edit, no-op resync, peak RSS)", Cell::Text(format!("not measured: {e:#}")))],
+    }
+}
+
+struct Daemon {
+    child: Child,
+    socket: UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Daemon {
+    /// Waits for a notify message containing `what`; fails when the daemon exits first.
+    fn wait_for(&mut self, what: &str, limit: Duration) -> Result<()> {
+        let start = Instant::now();
+        let mut buf = vec![0u8; 4096];
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait()? {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                bail!("iptproxyd exited ({status}): {}", err.lines().last().unwrap_or("").trim());
+            }
+            match self.socket.recv(&mut buf) {
+                Ok(n) if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == what) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        bail!("no {what} from iptproxyd within {} s", limit.as_secs())
+    }
+}
+
+fn measure(
+    ns: &Netns,
+    bin_dir: &Path,
+    work: &Workload,
+    edit: (usize, String),
+    bare_edit: Duration,
+) -> Result<Vec<Row>> {
+    let program = bin_dir.join("iptproxyd");
+    if !program.exists() {
+        bail!("{} not found", program.display());
+    }
+    let path = std::env::temp_dir().join(format!("iptproxy-bench-notify-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).context("binding the notify socket")?;
+    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let child = ns
+        .command(&program.to_string_lossy())
+        .arg("-c")
+        .arg(work.dir())
+        .args(["--backend", &ns.backend])
+        .env("NOTIFY_SOCKET", &path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting iptproxyd")?;
+    let mut d = Daemon { child, socket, path };
+    let t = Instant::now();
+    d.wait_for("READY=1", START)?;
+    let started = t.elapsed();
+    let pid = d.child.id();
+    let mut rows = vec![row("iptproxyd start (full resync: save, plan; nothing to change)", Cell::Time(started))];
+
+    // The edit: from the rename to the daemon's commit.
+    let (service, svc_chain) = edit;
+    let took = if ns.backend == "nft" {
+        let mut monitor = ns
+            .command("nft")
+            .args(["monitor", "rules"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nft monitor")?;
+        let mut lines = BufReader::new(monitor.stdout.take().context("nft monitor output")?).lines();
+        // `nft monitor` is listening once it is running; give it a moment to subscribe.
+        std::thread::sleep(Duration::from_millis(200));
+        let t = Instant::now();
+        work.add_endpoint(service, DAEMON_ENDPOINT)?;
+        let seen = lines.any(|l| l.is_ok_and(|l| l.starts_with("add rule") || l.starts_with("add chain")));
+        let took = t.elapsed();
+        let _ = monitor.kill();
+        let _ = monitor.wait();
+        if !seen {
+            bail!("nft monitor ended before the edit was seen");
+        }
+        took
+    } else {
+        let t = Instant::now();
+        work.add_endpoint(service, DAEMON_ENDPOINT)?;
+        while !ns.chain_has("nat", &svc_chain, DAEMON_ENDPOINT) {
+            if t.elapsed() > EDIT {
+                bail!("the edit did not reach the kernel within {} s", EDIT.as_secs());
+            }
+        }
+        t.elapsed()
+    };
+    if !ns.chain_has("nat", &svc_chain, DAEMON_ENDPOINT) {
+        bail!("the daemon's edit is not in {svc_chain}");
+    }
+    let how = if ns.backend == "nft" { "seen by nft monitor" } else { "seen by polling the chain" };
+    let mut r =
+        row(&format!("one-endpoint edit through iptproxyd (rename to rule in kernel, {how})"), Cell::Time(took));
+    r.reference = Some((Cell::Time(bare_edit), "the same lines restored bare".into()));
+    rows.push(r);
+
+    // A full resync that finds nothing to change.
+    let t = Instant::now();
+    Command::new("kill").args(["-HUP", &pid.to_string()]).status()?;
+    d.wait_for("RELOADING=1", EDIT)?;
+    d.wait_for("READY=1", START)?;
+    rows.push(row("iptproxyd no-op resync (SIGHUP: save, plan, nothing to change)", Cell::Time(t.elapsed())));
+    rows.push(row("iptproxyd peak RSS", vm_hwm(pid).map_or(Cell::Text("?".into()), |k| Cell::Mib(k as f64 / 1024.0))));
+    Ok(rows)
+}

@@ -1,0 +1,120 @@
+//! What the benchmark feeds iptproxy and the kernel: a generated config directory, the
+//! one-endpoint edit, and the same changes written the kube-proxy way.
+
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use iptproxy::chains;
+use iptproxy::plan::{Action, Plan};
+use iptproxy::restore;
+use iptproxy::ruleset::Ruleset;
+
+/// Endpoints the edits add: outside every generated address (ports 8080.. are used).
+pub const NEW_ENDPOINT: &str = "198.19.255.254:9999";
+pub const DAEMON_ENDPOINT: &str = "198.19.255.253:9999";
+
+/// A config directory of `services` services with `endpoints` each, `per_file` to a file,
+/// removed when dropped.
+pub struct Workload {
+    pub dir: PathBuf,
+    pub services: usize,
+    pub endpoints: usize,
+    pub per_file: usize,
+    /// Endpoints added by edits: (service, endpoint).
+    extra: std::cell::RefCell<Vec<(usize, String)>>,
+}
+
+impl Workload {
+    pub fn create(services: usize, endpoints: usize, per_file: usize) -> Result<Workload> {
+        let dir = std::env::temp_dir().join(format!("iptproxy-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let w = Workload { dir, services, endpoints, per_file: per_file.max(1), extra: Default::default() };
+        for file in 0..services.div_ceil(w.per_file) {
+            w.write(file)?;
+        }
+        Ok(w)
+    }
+
+    pub fn files(&self) -> usize {
+        self.services.div_ceil(self.per_file)
+    }
+
+    /// Adds `endpoint` to service number `service`, replacing its file atomically (write,
+    /// then rename) as an editor or a config manager would.
+    pub fn add_endpoint(&self, service: usize, endpoint: &str) -> Result<()> {
+        self.extra.borrow_mut().push((service, endpoint.to_string()));
+        self.write(service / self.per_file)
+    }
+
+    fn path(&self, file: usize) -> PathBuf {
+        self.dir.join(format!("{file:04}.toml"))
+    }
+
+    fn write(&self, file: usize) -> Result<()> {
+        let mut text = String::new();
+        for i in file * self.per_file..((file + 1) * self.per_file).min(self.services) {
+            // 64,000 addresses in 198.19.0.0/16 (250 a /24); past that, other ports.
+            let mut eps: Vec<String> = (i * self.endpoints..(i + 1) * self.endpoints)
+                .map(|k| format!("\"198.19.{}.{}:{}\"", (k % 64_000) / 250, k % 250 + 1, 8080 + k / 64_000))
+                .collect();
+            for (_, ep) in self.extra.borrow().iter().filter(|(s, _)| *s == i) {
+                eps.push(format!("\"{ep}\""));
+            }
+            let vip = format!("198.18.{}.{}", i / 250, i % 250 + 1);
+            writeln!(
+                text,
+                "[[service]]\nname = \"svc-{i:05}\"\nvip = \"{vip}\"\nport = 80\nendpoints = [{}]\n",
+                eps.join(", ")
+            )?;
+        }
+        let path = self.path(file);
+        let tmp = self.dir.join(format!(".{file:04}.toml.tmp"));
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// kube-proxy's full sync: every table in one `iptables-restore` run, one transaction per
+/// table, each chain declared (created or flushed) and all its rules written.
+pub fn full_rewrite(desired: &Ruleset) -> String {
+    desired.tables.iter().map(restore::full).collect()
+}
+
+/// kube-proxy's partial sync of an edit: the services chain rewritten whole, plus every
+/// chain the edit creates or changes, rewritten whole.
+pub fn partial_rewrite(desired: &Ruleset, edit: &Plan) -> String {
+    let mut out = String::new();
+    for tp in &edit.tables {
+        let Some(table) = desired.table(tp.family, &tp.table) else { continue };
+        let mut names: Vec<&str> = vec![chains::SERVICES];
+        names.extend(
+            tp.chains
+                .iter()
+                .filter(|c| c.action != Action::Delete && chains::is_ours(&c.chain) && c.chain != chains::SERVICES)
+                .map(|c| c.chain.as_str()),
+        );
+        out.push_str(&format!("*{}\n", tp.table));
+        for name in &names {
+            out.push_str(&format!(":{name} - [0:0]\n"));
+        }
+        for name in &names {
+            for rule in table.chains.get(*name).into_iter().flat_map(|c| c.specs()) {
+                out.push_str(&format!("-A {name} {rule}\n"));
+            }
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}
