@@ -9,6 +9,7 @@
 //! chains), so each is also a ratio. Run it with `--help`; see BENCHMARKS.md.
 
 mod daemon;
+mod generate;
 mod netns;
 mod run;
 mod workload;

@@ -1,7 +1,6 @@
 //! What the benchmark feeds iptproxy and the kernel: a generated config directory, the
 //! one-endpoint edit, and the same changes written the kube-proxy way.
 
-use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -9,6 +8,8 @@ use iptproxy::chains;
 use iptproxy::plan::{Action, Plan};
 use iptproxy::restore;
 use iptproxy::ruleset::Ruleset;
+
+use crate::generate;
 
 /// Endpoints the edits add: outside every generated address (ports 8080.. are used).
 pub const NEW_ENDPOINT: &str = "198.19.255.254:9999";
@@ -52,22 +53,9 @@ impl Workload {
     }
 
     fn write(&self, file: usize) -> Result<()> {
-        let mut text = String::new();
-        for i in file * self.per_file..((file + 1) * self.per_file).min(self.services) {
-            // 64,000 addresses in 198.19.0.0/16 (250 a /24); past that, other ports.
-            let mut eps: Vec<String> = (i * self.endpoints..(i + 1) * self.endpoints)
-                .map(|k| format!("\"198.19.{}.{}:{}\"", (k % 64_000) / 250, k % 250 + 1, 8080 + k / 64_000))
-                .collect();
-            for (_, ep) in self.extra.borrow().iter().filter(|(s, _)| *s == i) {
-                eps.push(format!("\"{ep}\""));
-            }
-            let vip = format!("198.18.{}.{}", i / 250, i % 250 + 1);
-            writeln!(
-                text,
-                "[[service]]\nname = \"svc-{i:05}\"\nvip = \"{vip}\"\nport = 80\nendpoints = [{}]\n",
-                eps.join(", ")
-            )?;
-        }
+        let first = file * self.per_file;
+        let count = self.per_file.min(self.services - first);
+        let text = generate::services_file(first, count, self.endpoints, &self.extra.borrow());
         let path = self.path(file);
         let tmp = self.dir.join(format!(".{file:04}.toml.tmp"));
         std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
