@@ -18,6 +18,10 @@ pub const MARK_OUTSIDE: &str = "IPTPROXY-MARK-OUTSIDE";
 pub const FIREWALL: &str = "IPTPROXY-FIREWALL";
 pub const FORWARD: &str = "IPTPROXY-FORWARD";
 pub const CANARY: &str = "IPTPROXY-CANARY";
+/// The one rule of a canary chain. Nothing jumps to the chain, so the rule never sees a
+/// packet; it is there so that a flush of the table (which empties the chain but leaves
+/// it standing) is told apart from an intact table. Canonical form, as `iptables -S` prints it.
+pub const CANARY_RULE: &str = "-m comment --comment \"iptproxy canary\" -j RETURN";
 
 /// The kernel refuses longer chain names.
 pub const MAX_NAME: usize = 28;

@@ -48,6 +48,9 @@ pub struct Global {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Where iptproxyd writes its state, and `iptproxy status` reads it.
+    #[arg(long, env = "IPTPROXY_STATE_FILE", default_value = crate::daemon::state::DEFAULT_STATE_FILE, global = true)]
+    pub state_file: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +78,12 @@ pub enum Command {
     Apply,
     /// Remove every chain and rule iptproxy owns, and nothing else.
     Cleanup,
+    /// Show what iptproxyd did last, and the traffic per service and endpoint.
+    Status {
+        /// Print it as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,6 +108,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         }
         Command::Apply => apply_cmd(&cli.global),
         Command::Cleanup => cleanup(&cli.global),
+        Command::Status { json } => crate::status::run(&cli.global, json),
     }
 }
 
@@ -226,5 +236,5 @@ pub fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    crate::logging::init(level);
 }

@@ -27,6 +27,27 @@ pub trait Runner {
     /// Feeds `input` to `iptables-restore --noflush`.
     fn restore(&self, family: Family, input: &str) -> Result<(), ExecError>;
 
+    /// The rules of one chain (each as `iptables-save` prints it after `-A CHAIN `), or
+    /// `None` when the chain (or its table) does not exist. This default reads the whole
+    /// family; [`System`] asks for the one chain, which costs the same at any ruleset size.
+    fn list_chain(&self, family: Family, table: &str, chain: &str) -> Result<Option<Vec<String>>, ExecError> {
+        let mut current = String::new();
+        let mut found = false;
+        let mut rules = Vec::new();
+        let rule_prefix = format!("-A {chain} ");
+        self.save(family, false, &mut |line| {
+            if let Some(t) = line.strip_prefix('*') {
+                current = t.to_string();
+            } else if current == table {
+                found |= line.split(' ').next() == Some(&format!(":{chain}"));
+                if let Some(spec) = line.strip_prefix(&rule_prefix) {
+                    rules.push(spec.to_string());
+                }
+            }
+        })?;
+        Ok(found.then_some(rules))
+    }
+
     /// A short name for logs: `nft` or `legacy`.
     fn describe(&self) -> String;
 }
@@ -85,6 +106,27 @@ impl Runner for System {
         let _ = stdin.write_all(input.as_bytes());
         drop(stdin);
         finish(&program, child)
+    }
+
+    fn list_chain(&self, family: Family, table: &str, chain: &str) -> Result<Option<Vec<String>>, ExecError> {
+        let program = self.backend.program(family, "");
+        let wait = self.lock_wait.to_string();
+        let out = output(&program, &["-w", &wait, "-t", table, "-S", chain])?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match out.status.code() {
+            Some(0) => {
+                let prefix = format!("-A {chain} ");
+                Ok(Some(stdout.lines().filter_map(|l| l.strip_prefix(&prefix)).map(str::to_string).collect()))
+            }
+            // iptables exits 1 for "no such chain" (legacy: "No chain/target/match by that
+            // name"; nft: "... is incompatible"); 2 and up are usage, version, lock problems.
+            Some(1) => Ok(None),
+            _ => Err(ExecError::Failed {
+                program,
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            }),
+        }
     }
 
     fn describe(&self) -> String {

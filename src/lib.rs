@@ -4,13 +4,16 @@
 //! The flow: [`config`] -> [`render`] -> desired [`ruleset`]; [`save`] parses the live one;
 //! [`plan`] diffs them; [`restore`] writes the `iptables-restore` input; [`exec`] runs
 //! iptables ([`backend`] picks which); [`reconcile`] strings one pass together; [`report`]
-//! shows a plan; [`cli`] is the command line.
+//! shows a plan; [`cli`] is the command line. [`daemon`] is `iptproxyd`, which keeps the
+//! rules equal to the files; [`status`] shows what it did and the traffic per service.
 
 pub mod backend;
 pub mod chains;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod exec;
+pub mod logging;
 pub mod plan;
 pub mod reconcile;
 pub mod render;
@@ -19,3 +22,4 @@ pub mod restore;
 pub mod ruleset;
 pub mod save;
 pub mod spec;
+pub mod status;

@@ -173,7 +173,7 @@ impl Renderer<'_> {
             Rule::new(format!("{} -j MASQUERADE{random}", comment("iptproxy service traffic requiring SNAT"))),
         ]);
         t.chains.insert(chains::POSTROUTING.into(), post.chain());
-        t.chains.insert(chains::CANARY.into(), Chain::default());
+        t.chains.insert(chains::CANARY.into(), canary());
 
         let portals = format!("{} -j {}", comment("iptproxy service portals"), chains::SERVICES);
         t.hooks = vec![
@@ -260,7 +260,7 @@ impl Renderer<'_> {
         let firewall =
             format!("{} -m mark --mark {drop}/{drop} -j DROP", comment("iptproxy: drop packets denied by policy"));
         t.chains.insert(chains::FIREWALL.into(), Rules(vec![Rule::new(firewall)]).chain());
-        t.chains.insert(chains::CANARY.into(), Chain::default());
+        t.chains.insert(chains::CANARY.into(), canary());
 
         let fw = format!("{} -j {}", comment("iptproxy firewall for denied packets"), chains::FIREWALL);
         let portals =
@@ -287,6 +287,10 @@ impl Renderer<'_> {
         }
         t
     }
+}
+
+fn canary() -> Chain {
+    Chain::user(vec![Rule::new(chains::CANARY_RULE)])
 }
 
 fn hook(chain: &str, spec: String, placement: Placement) -> Hook {

@@ -6,6 +6,7 @@
 pub mod addr;
 mod error;
 mod file;
+pub mod reference;
 
 use std::collections::HashMap;
 use std::fs;

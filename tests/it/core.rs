@@ -203,3 +203,63 @@ fn removing_every_service_removes_every_rule() {
         assert!(!left.contains("IPTPROXY"), "{backend}:\n{left}");
     }
 }
+
+#[test]
+fn auto_backend_follows_the_rules_already_on_the_host() {
+    // Legacy holds the host's rules: auto must pick it.
+    let b = Bench::new("auto");
+    b.file("services.toml", EVERY_FEATURE);
+    b.ns.sh(FOREIGN_SETUP);
+    b.ns.restore("legacy", false, FOREIGN_V4);
+    let run = b.iptproxy_env(&["-v", "apply"], &[("RUST_LOG", "info")]).ok();
+    assert!(run.stderr.contains("using iptables-legacy: "), "{}", run.stderr);
+    assert!(b.ns.save("legacy", false).contains("IPTPROXY-SERVICES"));
+    assert!(!b.ns.save("nft", false).contains("IPTPROXY"), "nothing may go to the other backend");
+
+    // Once iptproxy's chains are somewhere, auto stays there.
+    let mut b = Bench::new("nft");
+    b.file("services.toml", EVERY_FEATURE);
+    b.iptproxy(&["apply"]).ok();
+    b.ns.sh(FOREIGN_SETUP);
+    b.ns.restore("legacy", false, FOREIGN_V4);
+    b.backend = "auto";
+    let run = b.iptproxy_env(&["-v", "plan", "--detailed-exitcode"], &[("RUST_LOG", "info")]).ok();
+    assert!(run.stderr.contains("using iptables-nft: iptproxy's chains are in the nf_tables tables"), "{}", run.stderr);
+}
+
+#[test]
+fn plan_is_colored_only_on_a_terminal_and_never_with_no_color() {
+    let b = Bench::new("nft");
+    b.file("services.toml", EVERY_FEATURE);
+    let piped = b.iptproxy_env(&["plan"], &[]).ok();
+    assert!(!piped.stdout.contains('\x1b'), "no color into a pipe");
+    assert!(piped.stdout.contains("\n+-A IPTPROXY-SERVICES "), "{}", piped.stdout);
+
+    // `script` gives the command a terminal.
+    let exe = crate::harness::bin("iptproxy").display().to_string();
+    let dir = b.dir.path().display().to_string();
+    let on_tty = |no_color: &str| {
+        let cmd = format!("{no_color} {exe} -c {dir} --backend nft plan");
+        b.ns.command("script").args(["-qec", &cmd, "/dev/null"]).env_remove("NO_COLOR").output().unwrap()
+    };
+    let colored = String::from_utf8_lossy(&on_tty("").stdout).into_owned();
+    assert!(colored.contains("\x1b[32m+-A IPTPROXY-SERVICES "), "{colored}");
+    let plain = String::from_utf8_lossy(&on_tty("NO_COLOR=1").stdout).into_owned();
+    assert!(plain.contains("+-A IPTPROXY-SERVICES ") && !plain.contains('\x1b'), "{plain}");
+}
+
+#[test]
+fn plan_as_json_describes_the_same_change() {
+    let b = Bench::new("nft");
+    b.file("services.toml", EVERY_FEATURE);
+    b.iptproxy(&["apply"]).ok();
+    b.file("services.toml", &EVERY_FEATURE.replace("\"198.19.0.7\"]", "\"198.19.0.7\", \"198.19.0.17\"]"));
+    let out = b.iptproxy(&["plan", "--json"]).ok().stdout;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["changes"], true);
+    assert_eq!(v["summary"]["chains_added"], 1);
+    let chains = v["tables"][0]["chains"].as_array().unwrap();
+    let created = chains.iter().find(|c| c["action"] == "create").unwrap();
+    assert_eq!(created["service"], "dns:53/udp");
+    assert!(created["after"][1].as_str().unwrap().ends_with("--to-destination 198.19.0.17:53"));
+}

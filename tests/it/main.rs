@@ -3,6 +3,9 @@
 
 mod cli;
 mod core;
+mod daemon;
+mod datapath;
 mod fixtures;
 mod golden;
 mod harness;
+mod packaging;
