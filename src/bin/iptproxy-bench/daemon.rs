@@ -35,6 +35,7 @@ struct Daemon {
     child: Child,
     socket: UnixDatagram,
     path: std::path::PathBuf,
+    state: std::path::PathBuf,
 }
 
 impl Drop for Daemon {
@@ -42,6 +43,7 @@ impl Drop for Daemon {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(&self.state);
     }
 }
 
@@ -89,6 +91,8 @@ fn measure(
         .command(&program.to_string_lossy())
         .arg("-c")
         .arg(work.dir())
+        .arg("--state-file")
+        .arg(work.dir().with_extension("state.json"))
         .args(["--backend", &ns.backend])
         .env("NOTIFY_SOCKET", &path)
         .stdin(Stdio::null())
@@ -96,7 +100,7 @@ fn measure(
         .stderr(Stdio::piped())
         .spawn()
         .context("starting iptproxyd")?;
-    let mut d = Daemon { child, socket, path };
+    let mut d = Daemon { child, socket, path, state: work.dir().with_extension("state.json") };
     let t = Instant::now();
     d.wait_for("READY=1", START)?;
     let started = t.elapsed();
