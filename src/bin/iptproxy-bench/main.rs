@@ -60,6 +60,9 @@ fn main() -> Result<()> {
     if !iptproxy.exists() {
         bail!("{} not found: build it first (cargo build --release --bins)", iptproxy.display());
     }
+    // As iptproxy does for the tools it runs: iptables-nft-save overflows a default stack
+    // at ~110,000 chains. Every program the benchmark runs inherits this.
+    iptproxy::exec::raise_stack_limit();
     println!("{}", header(&args)?);
     let rows = bench(&args, &bin_dir)?;
     print!("{}", table(&rows));
