@@ -190,7 +190,7 @@ fn plan_cmd(global: &Global, detailed_exitcode: bool, format: PlanFormat) -> Res
         PlanFormat::Diff => print!("{}", report::text(&plan, Style::detect())),
         PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&report::json(&plan))?),
         PlanFormat::Script => {
-            for script in restore::scripts(&plan, restore::DEFAULT_MAX_LINES) {
+            for script in restore::scripts(&plan, runner.max_lines()) {
                 println!("# {}-restore --noflush ({})", script.family.tool(), script.family);
                 print!("{}", script.text);
             }
@@ -209,7 +209,7 @@ fn apply_cmd(global: &Global) -> Result<u8> {
         println!("No changes. The live rules match the configuration.");
         return Ok(0);
     }
-    reconcile::apply(&runner, &plan, restore::DEFAULT_MAX_LINES)?;
+    reconcile::apply(&runner, &plan, runner.max_lines())?;
     println!("{}", report::applied_line(&plan.summary()));
     Ok(0)
 }
@@ -223,7 +223,7 @@ fn cleanup(global: &Global) -> Result<u8> {
         println!("Nothing to clean up: no iptproxy rules are present.");
         return Ok(0);
     }
-    reconcile::apply(&runner, &plan, restore::DEFAULT_MAX_LINES)?;
+    reconcile::apply(&runner, &plan, runner.max_lines())?;
     let s = plan.summary();
     println!("Removed {} chains and {} rules.", s.chains_deleted, s.rules_deleted);
     Ok(0)

@@ -50,6 +50,11 @@ pub trait Runner {
 
     /// A short name for logs: `nft` or `legacy`.
     fn describe(&self) -> String;
+
+    /// How many lines one transaction should hold at most (see [`Backend::max_lines`]).
+    fn max_lines(&self) -> usize {
+        crate::restore::DEFAULT_MAX_LINES
+    }
 }
 
 /// The real iptables binaries of one backend, found on PATH.
@@ -131,6 +136,10 @@ impl Runner for System {
 
     fn describe(&self) -> String {
         self.backend.to_string()
+    }
+
+    fn max_lines(&self) -> usize {
+        self.backend.max_lines()
     }
 }
 

@@ -31,7 +31,6 @@ use crate::plan::{self, Summary};
 use crate::reconcile::{self, SyncError};
 use crate::render;
 use crate::report;
-use crate::restore;
 use crate::ruleset::Ruleset;
 use backoff::Backoff;
 use state::{Applied, Counts, Failure, Stamped, State, unix};
@@ -377,7 +376,7 @@ impl Daemon {
         let by_record =
             self.desired.as_ref().filter(|_| self.synced && !full).map(|r| plan::plan(&target, &r.as_live()));
         let result = match by_record {
-            Some(plan) => match reconcile::apply(&*self.runner, &plan, restore::DEFAULT_MAX_LINES) {
+            Some(plan) => match reconcile::apply(&*self.runner, &plan, self.runner.max_lines()) {
                 Ok(()) => Ok(plan.summary()),
                 Err(e) => {
                     // Most likely the live rules are not what the record says: read them.
@@ -403,7 +402,7 @@ impl Daemon {
         let live = reconcile::read_live(&*self.runner, |f| target.family(f).next().is_some())?;
         let plan = plan::plan(target, &live);
         drop(live);
-        reconcile::apply(&*self.runner, &plan, restore::DEFAULT_MAX_LINES)?;
+        reconcile::apply(&*self.runner, &plan, self.runner.max_lines())?;
         self.state.last_full_sync = Some(unix(SystemTime::now()));
         self.next_resync = now + secs(self.settings.resync_interval);
         Ok(plan.summary())

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use iptproxy::backend::Backend;
 use iptproxy::exec::{ExecError, Runner};
 use iptproxy::ruleset::{Family, Ruleset};
 use iptproxy::{config, plan, reconcile, render, restore, save};
@@ -187,7 +188,8 @@ fn bench(args: &Args, bin_dir: &std::path::Path) -> Result<Vec<Row>> {
     let chains: usize = desired.tables.iter().map(|t| t.chains.len()).sum();
     println!("{} files, {rules} rules in {chains} chains\n", work.files());
     let first = plan::plan(&desired, &Ruleset::default());
-    let scripts = restore::scripts(&first, restore::DEFAULT_MAX_LINES);
+    let backend = if args.backend == "legacy" { Backend::Legacy } else { Backend::Nft };
+    let scripts = restore::scripts(&first, backend.max_lines());
 
     // iptproxy's own namespace, and one where the same work is done bare.
     let ours = Netns::new(&args.backend)?;
@@ -263,17 +265,16 @@ fn bench(args: &Args, bin_dir: &std::path::Path) -> Result<Vec<Row>> {
     let cfg2 = config::load_dir(work.dir()).map_err(|e| anyhow::anyhow!("edited config is invalid: {e}"))?;
     let desired2 = render::render(&cfg2);
     let edit = plan::plan(&desired2, &desired.as_live());
-    let runner = NsRunner(&ours);
-    reconcile::apply(&runner, &edit, restore::DEFAULT_MAX_LINES)?;
+    let runner = NsRunner(&ours, backend);
+    reconcile::apply(&runner, &edit, backend.max_lines())?;
     let in_process = t.elapsed();
     let sep = new_sep_chain(&edit).context("the edit creates no endpoint chain")?;
     if !ours.chain_has("nat", &sep, NEW_ENDPOINT) {
         bail!("the edit's rule is not in the kernel");
     }
-    let edit_lines: usize =
-        restore::scripts(&edit, restore::DEFAULT_MAX_LINES).iter().map(|s| s.text.lines().count()).sum();
+    let edit_lines: usize = restore::scripts(&edit, backend.max_lines()).iter().map(|s| s.text.lines().count()).sum();
     let mut bare_edit = Duration::ZERO;
-    for s in restore::scripts(&edit, restore::DEFAULT_MAX_LINES) {
+    for s in restore::scripts(&edit, backend.max_lines()) {
         bare_edit += bare.restore(&s.text)?;
     }
     let kube_edit = bare.restore(&workload::partial_rewrite(&desired2, &edit))?;
@@ -336,7 +337,7 @@ fn log_load(what: &str, before: &str) {
 }
 
 /// iptproxy's runner, pointed into the benchmark's namespace.
-struct NsRunner<'a>(&'a Netns);
+struct NsRunner<'a>(&'a Netns, Backend);
 
 impl Runner for NsRunner<'_> {
     fn save(&self, family: Family, _counters: bool, line: &mut dyn FnMut(&str)) -> Result<(), ExecError> {
@@ -365,5 +366,9 @@ impl Runner for NsRunner<'_> {
 
     fn describe(&self) -> String {
         self.0.backend.clone()
+    }
+
+    fn max_lines(&self) -> usize {
+        self.1.max_lines()
     }
 }
