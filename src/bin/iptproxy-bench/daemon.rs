@@ -11,6 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -19,6 +20,22 @@ use crate::netns::Netns;
 use crate::run::vm_hwm;
 use crate::workload::{DAEMON_ENDPOINT, Workload};
 use crate::{Cell, Row, row};
+
+/// The running daemon's pid, for [`stop`] when a signal ends the benchmark.
+static PID: AtomicU32 = AtomicU32::new(0);
+
+/// Stops the daemon, if one is running, and removes its notify socket.
+pub fn stop() {
+    let pid = PID.swap(0, Ordering::SeqCst);
+    if pid != 0 {
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    }
+    let _ = std::fs::remove_file(notify_path());
+}
+
+fn notify_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("iptproxy-bench-notify-{}", std::process::id()))
+}
 
 /// How long the daemon may take to start (its first sync reads the whole ruleset).
 const START: Duration = Duration::from_secs(3600);
@@ -40,6 +57,7 @@ struct Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        PID.store(0, Ordering::SeqCst);
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.path);
@@ -83,7 +101,7 @@ fn measure(
     if !program.exists() {
         bail!("{} not found", program.display());
     }
-    let path = std::env::temp_dir().join(format!("iptproxy-bench-notify-{}", std::process::id()));
+    let path = notify_path();
     let _ = std::fs::remove_file(&path);
     let socket = UnixDatagram::bind(&path).context("binding the notify socket")?;
     socket.set_read_timeout(Some(Duration::from_millis(50)))?;
@@ -100,6 +118,7 @@ fn measure(
         .stderr(Stdio::piped())
         .spawn()
         .context("starting iptproxyd")?;
+    PID.store(child.id(), Ordering::SeqCst);
     let mut d = Daemon { child, socket, path, state: work.dir().with_extension("state.json") };
     let t = Instant::now();
     d.wait_for("READY=1", START)?;

@@ -64,6 +64,16 @@ fn main() -> Result<()> {
     // As iptproxy does for the tools it runs: iptables-nft-save overflows a default stack
     // at ~110,000 chains. Every program the benchmark runs inherits this.
     iptproxy::exec::raise_stack_limit();
+    // Interrupted, it still deletes its namespaces and files (Drop does not run then).
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            daemon::stop();
+            netns::delete_all();
+            workload::remove_dir();
+            std::process::exit(128 + signal);
+        }
+    });
     println!("{}", header(&args)?);
     let rows = bench(&args, &bin_dir)?;
     print!("{}", table(&rows));

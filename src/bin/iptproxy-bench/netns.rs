@@ -3,10 +3,23 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+/// Every namespace alive, for [`delete_all`] when a signal ends the benchmark (Drop does
+/// not run then).
+static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Deletes every namespace this process made and has not deleted yet.
+pub fn delete_all() {
+    let names = LIVE.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default();
+    for name in names {
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+    }
+}
 
 pub struct Netns {
     pub name: String,
@@ -20,6 +33,9 @@ impl Netns {
         let out = Command::new("ip").args(["netns", "add", &name]).output().context("running `ip netns add`")?;
         if !out.status.success() {
             bail!("`ip netns add {name}` failed (root needed): {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        if let Ok(mut live) = LIVE.lock() {
+            live.push(name.clone());
         }
         let ns = Netns { name, backend: backend.to_string() };
         ns.check(ns.command("ip").args(["link", "set", "lo", "up"]))?;
@@ -100,6 +116,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if let Ok(mut live) = LIVE.lock() {
+            live.retain(|n| n != &self.name);
+        }
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }

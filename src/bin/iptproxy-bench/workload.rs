@@ -28,7 +28,7 @@ pub struct Workload {
 
 impl Workload {
     pub fn create(services: usize, endpoints: usize, per_file: usize) -> Result<Workload> {
-        let dir = std::env::temp_dir().join(format!("iptproxy-bench-{}", std::process::id()));
+        let dir = dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let w = Workload { dir, services, endpoints, per_file: per_file.max(1), extra: Default::default() };
         for file in 0..services.div_ceil(w.per_file) {
@@ -66,6 +66,17 @@ impl Workload {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// The config directory of this process's workload.
+fn dir() -> PathBuf {
+    std::env::temp_dir().join(format!("iptproxy-bench-{}", std::process::id()))
+}
+
+/// Removes the config directory and the daemon's state file, if there are any.
+pub fn remove_dir() {
+    let _ = std::fs::remove_dir_all(dir());
+    let _ = std::fs::remove_file(dir().with_extension("state.json"));
 }
 
 impl Drop for Workload {
