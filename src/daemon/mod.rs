@@ -374,7 +374,7 @@ impl Daemon {
     fn converge(&mut self, target: Ruleset, reason: Reason, now: Instant, full: bool) {
         let started = Instant::now();
         let by_record =
-            self.desired.as_ref().filter(|_| self.synced && !full).map(|r| plan::plan(&target, &r.as_live()));
+            self.desired.as_ref().filter(|_| self.synced && !full).map(|r| plan::plan_from_record(&target, r));
         let result = match by_record {
             Some(plan) => match reconcile::apply(&*self.runner, &plan, self.runner.max_lines()) {
                 Ok(()) => Ok(plan.summary()),

@@ -274,7 +274,7 @@ fn bench(args: &Args, bin_dir: &std::path::Path) -> Result<Vec<Row>> {
     work.add_endpoint(args.services / 2, NEW_ENDPOINT)?;
     let cfg2 = config::load_dir(work.dir()).map_err(|e| anyhow::anyhow!("edited config is invalid: {e}"))?;
     let desired2 = render::render(&cfg2);
-    let edit = plan::plan(&desired2, &desired.as_live());
+    let edit = plan::plan_from_record(&desired2, &desired);
     let runner = NsRunner(&ours, backend);
     reconcile::apply(&runner, &edit, backend.max_lines())?;
     let in_process = t.elapsed();
