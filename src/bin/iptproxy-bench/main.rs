@@ -46,6 +46,10 @@ struct Args {
     /// many services: on nft its cost grows much faster than its size (minutes at 5,000).
     #[arg(long, default_value_t = 2000)]
     kube_full_max: usize,
+    /// Run iptables-save, plan and the no-op resync this many times and report the median
+    /// (the machine may be shared: one run can be far off).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Where the iptproxy and iptproxyd binaries are (default: beside this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -161,13 +165,15 @@ fn header(args: &Args) -> Result<String> {
         .unwrap_or_default();
     Ok(format!(
         "iptproxy-bench: {} services x {} endpoints ({} per file), iptables-{}\n\
-         machine: {cpu}, {cores} cores, Linux {}, {version}; load average at the start: {}\n",
+         machine: {cpu}, {cores} cores, Linux {}, {version}; load average at the start: {}\n\
+         iptables-save, plan and the no-op resync: the median of {} runs\n",
         args.services,
         args.endpoints,
         args.per_file,
         args.backend,
         kernel.trim(),
-        load()
+        load(),
+        args.repeat.max(1)
     ))
 }
 
@@ -235,8 +241,12 @@ fn bench(args: &Args, bin_dir: &std::path::Path) -> Result<Vec<Row>> {
     rows.push(row("  peak RSS of `iptproxy apply`", mib(applied.peak_kib)));
 
     // Reading the state back.
-    let (save_took, saved) = match ours.save() {
-        Ok((t, text)) => (Some(t), Some(text)),
+    let saves: Result<Vec<_>> = (0..args.repeat.max(1)).map(|_| ours.save()).collect();
+    let (save_took, saved) = match saves {
+        Ok(mut runs) => {
+            let took = median(runs.iter().map(|(t, _)| *t).collect());
+            (Some(took), runs.pop().map(|(_, text)| text))
+        }
         Err(e) => {
             rows.push(row("`iptables-save`", Cell::Text(format!("{e:#}"))));
             (None, None)
@@ -247,7 +257,7 @@ fn bench(args: &Args, bin_dir: &std::path::Path) -> Result<Vec<Row>> {
     }
 
     // Plan with nothing to change, end to end, and its own CPU in process.
-    let planned = iptproxy(&["plan", "--detailed-exitcode"])?;
+    let planned = repeated(args.repeat, || iptproxy(&["plan", "--detailed-exitcode"]))?;
     let mut r =
         row("`iptproxy plan` (no change)", if planned.success { secs(planned.wall) } else { failed("plan", &planned) });
     r.reference = save_took.map(|t| (secs(t), "`iptables-save` alone".to_string()));
@@ -300,7 +310,7 @@ fn bench(args: &Args, bin_dir: &std::path::Path) -> Result<Vec<Row>> {
     rows.extend(daemon::rows(&ours, bin_dir, &work, (args.services / 3 + 1, svc), bare_edit));
 
     // A resync that finds nothing to do.
-    let noop = iptproxy(&["apply"])?;
+    let noop = repeated(args.repeat, || iptproxy(&["apply"]))?;
     if noop.success && !noop.stdout.starts_with("No changes") {
         bail!("the no-op resync changed something: {}", noop.stdout);
     }
@@ -314,6 +324,29 @@ fn bench(args: &Args, bin_dir: &std::path::Path) -> Result<Vec<Row>> {
     }
     rows.push(r);
     Ok(rows)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// Runs `f` `n` times; the run with the median wall time, with the highest peak RSS seen.
+/// A failed run is returned at once.
+fn repeated(n: usize, mut f: impl FnMut() -> Result<run::Measured>) -> Result<run::Measured> {
+    let mut runs = Vec::new();
+    for _ in 0..n.max(1) {
+        let m = f()?;
+        if !m.success {
+            return Ok(m);
+        }
+        runs.push(m);
+    }
+    let peak = runs.iter().filter_map(|m| m.peak_kib).max();
+    runs.sort_by_key(|m| m.wall);
+    let mut mid = runs.swap_remove(runs.len() / 2);
+    mid.peak_kib = peak;
+    Ok(mid)
 }
 
 fn clone_cell(c: &Cell) -> Cell {
