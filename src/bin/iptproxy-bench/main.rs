@@ -129,17 +129,21 @@ fn ratio(ours: &Cell, other: &Cell) -> String {
     }
 }
 
+fn described(c: &Cell, what: &str) -> String {
+    if what.is_empty() { c.show() } else { format!("{} ({what})", c.show()) }
+}
+
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
         "| operation | iptproxy | reference (the same work, bare) | ratio | kube-proxy way | ratio |\n|---|---:|---|---:|---|---:|\n",
     );
     for r in rows {
         let (rc, rr) = match &r.reference {
-            Some((c, what)) => (format!("{} ({what})", c.show()), ratio(&r.ours, c)),
+            Some((c, what)) => (described(c, what), ratio(&r.ours, c)),
             None => (String::new(), String::new()),
         };
         let (kc, kr) = match &r.kube {
-            Some((c, what)) => (format!("{} ({what})", c.show()), ratio(&r.ours, c)),
+            Some((c, what)) => (described(c, what), ratio(&r.ours, c)),
             None => (String::new(), String::new()),
         };
         out.push_str(&format!("| {} | {} | {rc} | {rr} | {kc} | {kr} |\n", r.op, r.ours.show()));
