@@ -36,10 +36,6 @@ impl Script {
         self.chains.push(chain.map(str::to_string));
     }
 
-    fn lines(&self) -> usize {
-        self.chains.len()
-    }
-
     /// The text of line `n` (1-based).
     pub fn line(&self, n: usize) -> Option<&str> {
         n.checked_sub(1).and_then(|i| self.text.lines().nth(i))
@@ -52,59 +48,82 @@ pub fn scripts(plan: &Plan, max_lines: usize) -> Vec<Script> {
     plan.tables.iter().flat_map(|t| table_scripts(t, max_lines)).collect()
 }
 
-fn table_scripts(plan: &TablePlan, max_lines: usize) -> Vec<Script> {
-    let mut out = Vec::new();
-    let mut current = Script::new(plan.family, &plan.table);
-    // Starts a new transaction when `next` more lines would overflow this one.
-    let cut = |current: &mut Script, out: &mut Vec<Script>, next: usize| {
-        if current.lines() > 1 && current.lines() + next > max_lines {
-            let done = std::mem::replace(current, Script::new(plan.family, &plan.table));
-            out.push(finish(done));
-        }
-    };
-    let (deleted, edited): (Vec<&ChainPlan>, Vec<&ChainPlan>) =
-        plan.chains.iter().partition(|c| c.action == Action::Delete);
-    for chain in edited {
-        let lines = chain_lines(chain);
-        cut(&mut current, &mut out, lines.len());
-        for line in lines {
-            current.push(line, Some(&chain.chain));
-        }
-    }
-    // Flush every deleted chain before deleting any: they may jump to each other.
-    for (flag, _) in [("-F", ()), ("-X", ())] {
-        for chain in &deleted {
-            cut(&mut current, &mut out, 1);
-            current.push(format!("{flag} {}", chain.chain), Some(&chain.chain));
-        }
-    }
-    if current.lines() > 1 {
-        out.push(finish(current));
-    }
-    out
+/// One chain's share of a transaction: its declaration when it is created, then its edits.
+struct Unit<'a> {
+    chain: &'a str,
+    decl: Option<String>,
+    lines: Vec<String>,
 }
 
-fn finish(mut script: Script) -> Script {
+impl Unit<'_> {
+    fn len(&self) -> usize {
+        self.lines.len() + usize::from(self.decl.is_some())
+    }
+}
+
+fn table_scripts(plan: &TablePlan, max_lines: usize) -> Vec<Script> {
+    let (deleted, edited): (Vec<&ChainPlan>, Vec<&ChainPlan>) =
+        plan.chains.iter().partition(|c| c.action == Action::Delete);
+    let mut units: Vec<Unit> = edited.iter().map(|c| chain_unit(c)).collect();
+    // Flush every deleted chain before deleting any: they may jump to each other.
+    for flag in ["-F", "-X"] {
+        for chain in &deleted {
+            units.push(Unit { chain: &chain.chain, decl: None, lines: vec![format!("{flag} {}", chain.chain)] });
+        }
+    }
+    // Whole units to a block; a new block when the next unit would overflow this one.
+    let mut blocks: Vec<Vec<Unit>> = Vec::new();
+    let mut lines = 0;
+    for unit in units {
+        match blocks.last_mut() {
+            Some(block) if lines + unit.len() <= max_lines => {
+                lines += unit.len();
+                block.push(unit);
+            }
+            _ => {
+                lines = 1 + unit.len();
+                blocks.push(vec![unit]);
+            }
+        }
+    }
+    blocks.into_iter().map(|block| block_script(plan, &block)).collect()
+}
+
+/// One transaction. The chains it creates are declared first, all of them: legacy's
+/// libiptc re-indexes its chain list at each new chain, so declaring them between other
+/// lines costs far more (measured in the commit that made this so); within one atomic
+/// transaction the order of declarations changes nothing else.
+fn block_script(plan: &TablePlan, block: &[Unit]) -> Script {
+    let mut script = Script::new(plan.family, &plan.table);
+    for unit in block {
+        if let Some(decl) = &unit.decl {
+            script.push(decl.clone(), Some(unit.chain));
+        }
+    }
+    for unit in block {
+        for line in &unit.lines {
+            script.push(line.clone(), Some(unit.chain));
+        }
+    }
     script.push("COMMIT".into(), None);
     script
 }
 
-fn chain_lines(chain: &ChainPlan) -> Vec<String> {
+fn chain_unit(chain: &ChainPlan) -> Unit<'_> {
     let name = &chain.chain;
-    let mut lines = Vec::with_capacity(chain.ops.len() + 1);
-    if chain.action == Action::Create {
-        lines.push(format!(":{name} - [0:0]"));
-    }
-    for op in &chain.ops {
-        lines.push(match op {
+    let decl = (chain.action == Action::Create).then(|| format!(":{name} - [0:0]"));
+    let lines = chain
+        .ops
+        .iter()
+        .map(|op| match op {
             Op::Append { rule } => rule_line("-A", name, None, rule),
             Op::Insert { position, rule } => rule_line("-I", name, Some(*position), rule),
             Op::Replace { position, rule } => rule_line("-R", name, Some(*position), rule),
             Op::Delete { position } => format!("-D {name} {position}"),
             Op::DeleteRule { rule } => rule_line("-D", name, None, rule),
-        });
-    }
-    lines
+        })
+        .collect();
+    Unit { chain: name, decl, lines }
 }
 
 fn rule_line(flag: &str, chain: &str, position: Option<usize>, rule: &str) -> String {
@@ -215,6 +234,30 @@ mod tests {
         assert_eq!(blocks[1][1], ":IPTPROXY-B - [0:0]");
         assert_eq!(blocks[2].len(), 11, "a chain longer than a block is kept whole");
         assert_eq!(&blocks[3][1..3], ["-F IPTPROXY-D", "-X IPTPROXY-D"]);
+    }
+
+    #[test]
+    fn declares_the_chains_a_transaction_creates_first() {
+        let p = plan(vec![
+            chain("IPTPROXY-A", Action::Create, vec![Op::Append { rule: "-j RETURN".into() }]),
+            chain("IPTPROXY-B", Action::Update, vec![Op::Insert { position: 1, rule: "-j IPTPROXY-C".into() }]),
+            chain("IPTPROXY-C", Action::Create, vec![Op::Append { rule: "-j IPTPROXY-A".into() }]),
+        ]);
+        let s = scripts(&p, DEFAULT_MAX_LINES);
+        let lines: Vec<&str> = s[0].text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "*nat",
+                ":IPTPROXY-A - [0:0]",
+                ":IPTPROXY-C - [0:0]",
+                "-A IPTPROXY-A -j RETURN",
+                "-I IPTPROXY-B 1 -j IPTPROXY-C",
+                "-A IPTPROXY-C -j IPTPROXY-A",
+                "COMMIT"
+            ]
+        );
+        assert_eq!(s[0].chains[2].as_deref(), Some("IPTPROXY-C"));
     }
 
     #[test]
