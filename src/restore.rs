@@ -89,10 +89,10 @@ fn table_scripts(plan: &TablePlan, max_lines: usize) -> Vec<Script> {
     blocks.into_iter().map(|block| block_script(plan, &block)).collect()
 }
 
-/// One transaction. The chains it creates are declared first, all of them: legacy's
-/// libiptc re-indexes its chain list at each new chain, so declaring them between other
-/// lines costs far more (measured in the commit that made this so); within one atomic
-/// transaction the order of declarations changes nothing else.
+/// One transaction. The chains it creates are declared first, all of them: on legacy,
+/// declarations between thousands of rules cost far more (likely libiptc re-indexing its
+/// chain list at each new chain; measured in the commit that made this so), and within
+/// one atomic transaction their order changes nothing else.
 fn block_script(plan: &TablePlan, block: &[Unit]) -> Script {
     let mut script = Script::new(plan.family, &plan.table);
     for unit in block {
