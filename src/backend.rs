@@ -29,6 +29,17 @@ impl Backend {
     pub fn program(self, family: Family, suffix: &str) -> String {
         format!("{}-{self}{suffix}", family.tool())
     }
+
+    /// The largest transaction worth writing. On nft one transaction's cost grows much
+    /// faster than its size, so a large change is split. Legacy replaces the whole table
+    /// at every commit, whatever its size: splitting only multiplies that cost (measured
+    /// at 2,000 services x 10 endpoints: 10 transactions 2.81 s, one 0.79 s).
+    pub fn max_lines(self) -> usize {
+        match self {
+            Backend::Nft => crate::restore::DEFAULT_MAX_LINES,
+            Backend::Legacy => usize::MAX,
+        }
+    }
 }
 
 impl fmt::Display for Backend {

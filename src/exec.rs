@@ -59,6 +59,11 @@ pub trait Runner {
 
     /// A short name for logs: `nft` or `legacy`.
     fn describe(&self) -> String;
+
+    /// How many lines one transaction should hold at most (see [`Backend::max_lines`]).
+    fn max_lines(&self) -> usize {
+        crate::restore::DEFAULT_MAX_LINES
+    }
 }
 
 /// The real iptables binaries of one backend, found on PATH.
@@ -161,13 +166,36 @@ impl Runner for System {
     fn describe(&self) -> String {
         self.backend.to_string()
     }
+
+    fn max_lines(&self) -> usize {
+        self.backend.max_lines()
+    }
 }
 
 fn spawn(program: &str, cmd: &mut Command) -> Result<std::process::Child, ExecError> {
+    raise_stack_limit();
     cmd.stderr(Stdio::piped()).spawn().map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => ExecError::NotFound { program: program.to_string() },
         _ => ExecError::Spawn { program: program.to_string(), source },
     })
+}
+
+/// Lets the iptables tools iptproxy runs have all the stack the hard limit allows: with
+/// ~110,000 chains (10,000 services x 10 endpoints), iptables-nft-save 1.8.9 overflows the
+/// default 8 MiB stack while reading the chain list and dies of SIGSEGV. Children inherit
+/// the limit; iptproxy's own threads are unaffected.
+pub fn raise_stack_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_STACK) {
+            if soft < hard {
+                if let Err(e) = setrlimit(Resource::RLIMIT_STACK, hard, hard) {
+                    log::debug!("cannot raise the stack limit for iptables: {e}");
+                }
+            }
+        }
+    });
 }
 
 fn finish(program: &str, mut child: std::process::Child) -> Result<(), ExecError> {

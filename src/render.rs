@@ -137,9 +137,15 @@ impl Renderer<'_> {
                 rules.push(format!("{} -j {svc}", comment(&s.id())));
                 t.chains.insert(ext, rules.chain());
             }
-            t.chains.insert(svc, self.service_chain(s));
-            for ep in s.active_endpoints() {
-                t.chains.insert(endpoint_chain(s, ep), self.endpoint_chain(s, ep));
+            // Each endpoint's chain name (a SHA-256) and comment, once: both chains use them.
+            let seps: Vec<Sep> = s
+                .active_endpoints()
+                .map(|ep| Sep { ep, name: endpoint_chain(s, ep), comment: endpoint_comment(s, ep) })
+                .collect();
+            t.chains.insert(svc, self.service_chain(s, &seps));
+            for sep in seps {
+                let chain = self.endpoint_chain(s, &sep);
+                t.chains.insert(sep.name, chain);
             }
         }
         if !nodeports.0.is_empty() {
@@ -189,7 +195,7 @@ impl Renderer<'_> {
     }
 
     /// `SVC-x`: masquerade decision, affinity, then the probability cascade.
-    fn service_chain(&self, s: &Service) -> Chain {
+    fn service_chain(&self, s: &Service, active: &[Sep]) -> Chain {
         let mut rules = Rules::default();
         let masq_target = match (s.masquerade, self.settings.masquerade_all) {
             (Masquerade::Always, _) | (Masquerade::Auto, true) => Some(chains::MARK_MASQ),
@@ -201,21 +207,16 @@ impl Renderer<'_> {
         if let Some(target) = masq_target {
             rules.push(format!("{} -j {target}", comment(&format!("{} masquerade", s.id()))));
         }
-        let active: Vec<_> = s.active_endpoints().collect();
         if let Some(seconds) = s.affinity_seconds {
-            for ep in &active {
-                let sep = endpoint_chain(s, ep);
+            for Sep { name: sep, comment: c, .. } in active {
                 rules.push(format!(
-                    "{} -m recent --rcheck --seconds {seconds} --reap --name {sep} --mask {} --rsource -j {sep}",
-                    endpoint_comment(s, ep),
+                    "{c} -m recent --rcheck --seconds {seconds} --reap --name {sep} --mask {} --rsource -j {sep}",
                     self.recent_mask()
                 ));
             }
         }
-        let mut remaining: u64 = active.iter().map(|e| u64::from(e.weight)).sum();
-        for (i, ep) in active.iter().enumerate() {
-            let sep = endpoint_chain(s, ep);
-            let c = endpoint_comment(s, ep);
+        let mut remaining: u64 = active.iter().map(|e| u64::from(e.ep.weight)).sum();
+        for (i, Sep { ep, name: sep, comment: c }) in active.iter().enumerate() {
             if i + 1 == active.len() {
                 rules.push(format!("{c} -j {sep}"));
             } else {
@@ -228,9 +229,7 @@ impl Renderer<'_> {
     }
 
     /// `SEP-y`: hairpin masquerade, then DNAT (remembering the client under affinity).
-    fn endpoint_chain(&self, s: &Service, ep: &crate::config::Endpoint) -> Chain {
-        let c = endpoint_comment(s, ep);
-        let sep = endpoint_chain(s, ep);
+    fn endpoint_chain(&self, s: &Service, Sep { ep, name: sep, comment: c }: &Sep) -> Chain {
         let mut dnat = format!("-p {} {c}", s.protocol.as_str());
         if s.affinity_seconds.is_some() {
             write!(dnat, " -m recent --set --name {sep} --mask {} --rsource", self.recent_mask()).ok();
@@ -295,6 +294,13 @@ fn canary() -> Chain {
 
 fn hook(chain: &str, spec: String, placement: Placement) -> Hook {
     Hook { chain: chain.into(), spec, placement }
+}
+
+/// An active endpoint with its chain's name and its rules' comment.
+struct Sep<'a> {
+    ep: &'a crate::config::Endpoint,
+    name: String,
+    comment: String,
 }
 
 fn endpoint_comment(s: &Service, ep: &crate::config::Endpoint) -> String {

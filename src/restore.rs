@@ -56,10 +56,6 @@ impl Script {
         self.chains.push(chain.map(str::to_string));
     }
 
-    fn lines(&self) -> usize {
-        self.chains.len()
-    }
-
     /// The text of line `n` (1-based).
     pub fn line(&self, n: usize) -> Option<&str> {
         n.checked_sub(1).and_then(|i| self.text.lines().nth(i))
@@ -77,6 +73,19 @@ pub fn scripts(plan: &Plan, max_lines: usize) -> Result<Vec<Script>, ScriptError
     Ok(out)
 }
 
+/// One chain's share of a transaction: its declaration when it is created, then its edits.
+struct Unit<'a> {
+    chain: &'a str,
+    decl: Option<String>,
+    lines: Vec<String>,
+}
+
+impl Unit<'_> {
+    fn len(&self) -> usize {
+        self.lines.len() + usize::from(self.decl.is_some())
+    }
+}
+
 fn table_scripts(plan: &TablePlan, max_lines: usize) -> Result<Vec<Script>, ScriptError> {
     let refuse = |chain: &str, text: &str, problem| ScriptError {
         family: plan.family,
@@ -86,64 +95,74 @@ fn table_scripts(plan: &TablePlan, max_lines: usize) -> Result<Vec<Script>, Scri
         problem,
     };
     line::check_table(&plan.table).map_err(|p| refuse("", &plan.table, p))?;
-    for chain in &plan.chains {
-        line::check_chain(&chain.chain).map_err(|p| refuse(&chain.chain, &chain.chain, p))?;
-    }
-    let mut out = Vec::new();
-    let mut current = Script::new(plan.family, &plan.table);
-    // Starts a new transaction when `next` more lines would overflow this one.
-    let cut = |current: &mut Script, out: &mut Vec<Script>, next: usize| {
-        if current.lines() > 1 && current.lines() + next > max_lines {
-            let done = std::mem::replace(current, Script::new(plan.family, &plan.table));
-            out.push(finish(done));
-        }
-    };
     let (deleted, edited): (Vec<&ChainPlan>, Vec<&ChainPlan>) =
         plan.chains.iter().partition(|c| c.action == Action::Delete);
-    for chain in edited {
-        let lines = chain_lines(chain);
-        for l in &lines {
-            line::check_line(l).map_err(|p| refuse(&chain.chain, l, p))?;
-        }
-        cut(&mut current, &mut out, lines.len());
-        for line in lines {
-            current.push(line, Some(&chain.chain));
-        }
-    }
+    let mut units: Vec<Unit> = edited.iter().map(|c| chain_unit(c)).collect();
     // Flush every deleted chain before deleting any: they may jump to each other.
-    for (flag, _) in [("-F", ()), ("-X", ())] {
+    for flag in ["-F", "-X"] {
         for chain in &deleted {
-            cut(&mut current, &mut out, 1);
-            current.push(format!("{flag} {}", chain.chain), Some(&chain.chain));
+            units.push(Unit { chain: &chain.chain, decl: None, lines: vec![format!("{flag} {}", chain.chain)] });
         }
     }
-    if current.lines() > 1 {
-        out.push(finish(current));
+    for unit in &units {
+        line::check_chain(unit.chain).map_err(|p| refuse(unit.chain, unit.chain, p))?;
+        for l in unit.decl.iter().chain(&unit.lines) {
+            line::check_line(l).map_err(|p| refuse(unit.chain, l, p))?;
+        }
     }
-    Ok(out)
+    // Whole units to a block; a new block when the next unit would overflow this one.
+    let mut blocks: Vec<Vec<Unit>> = Vec::new();
+    let mut lines = 0;
+    for unit in units {
+        match blocks.last_mut() {
+            Some(block) if lines + unit.len() <= max_lines => {
+                lines += unit.len();
+                block.push(unit);
+            }
+            _ => {
+                lines = 1 + unit.len();
+                blocks.push(vec![unit]);
+            }
+        }
+    }
+    Ok(blocks.into_iter().map(|block| block_script(plan, &block)).collect())
 }
 
-fn finish(mut script: Script) -> Script {
+/// One transaction. The chains it creates are declared first, all of them: on legacy,
+/// declarations between thousands of rules cost far more (likely libiptc re-indexing its
+/// chain list at each new chain; measured in the commit that made this so), and within
+/// one atomic transaction their order changes nothing else.
+fn block_script(plan: &TablePlan, block: &[Unit]) -> Script {
+    let mut script = Script::new(plan.family, &plan.table);
+    for unit in block {
+        if let Some(decl) = &unit.decl {
+            script.push(decl.clone(), Some(unit.chain));
+        }
+    }
+    for unit in block {
+        for line in &unit.lines {
+            script.push(line.clone(), Some(unit.chain));
+        }
+    }
     script.push("COMMIT".into(), None);
     script
 }
 
-fn chain_lines(chain: &ChainPlan) -> Vec<String> {
+fn chain_unit(chain: &ChainPlan) -> Unit<'_> {
     let name = &chain.chain;
-    let mut lines = Vec::with_capacity(chain.ops.len() + 1);
-    if chain.action == Action::Create {
-        lines.push(format!(":{name} - [0:0]"));
-    }
-    for op in &chain.ops {
-        lines.push(match op {
+    let decl = (chain.action == Action::Create).then(|| format!(":{name} - [0:0]"));
+    let lines = chain
+        .ops
+        .iter()
+        .map(|op| match op {
             Op::Append { rule } => rule_line("-A", name, None, rule),
             Op::Insert { position, rule } => rule_line("-I", name, Some(*position), rule),
             Op::Replace { position, rule } => rule_line("-R", name, Some(*position), rule),
             Op::Delete { position } => format!("-D {name} {position}"),
             Op::DeleteRule { rule } => rule_line("-D", name, None, rule),
-        });
-    }
-    lines
+        })
+        .collect();
+    Unit { chain: name, decl, lines }
 }
 
 fn rule_line(flag: &str, chain: &str, position: Option<usize>, rule: &str) -> String {
@@ -259,5 +278,29 @@ mod tests {
     #[test]
     fn empty_plan_writes_nothing() {
         assert!(scripts(&Plan::default(), 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn declares_the_chains_a_transaction_creates_first() {
+        let p = plan(vec![
+            chain("IPTPROXY-A", Action::Create, vec![Op::Append { rule: "-j RETURN".into() }]),
+            chain("IPTPROXY-B", Action::Update, vec![Op::Insert { position: 1, rule: "-j IPTPROXY-C".into() }]),
+            chain("IPTPROXY-C", Action::Create, vec![Op::Append { rule: "-j IPTPROXY-A".into() }]),
+        ]);
+        let s = scripts(&p, DEFAULT_MAX_LINES).unwrap();
+        let lines: Vec<&str> = s[0].text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "*nat",
+                ":IPTPROXY-A - [0:0]",
+                ":IPTPROXY-C - [0:0]",
+                "-A IPTPROXY-A -j RETURN",
+                "-I IPTPROXY-B 1 -j IPTPROXY-C",
+                "-A IPTPROXY-C -j IPTPROXY-A",
+                "COMMIT"
+            ]
+        );
+        assert_eq!(s[0].chains[2].as_deref(), Some("IPTPROXY-C"));
     }
 }

@@ -123,16 +123,23 @@ impl Table {
     /// chains, and safe for built-in chains because hooks are edited by text, not position.
     pub fn as_live(&self) -> Table {
         let mut live = Table { hooks: Vec::new(), ..self.clone() };
+        live.chains.extend(self.hook_chains());
+        live
+    }
+
+    /// The built-in chains as [`as_live`](Table::as_live) sees them: each holding only our
+    /// hooks, top hooks first, then appended ones.
+    pub fn hook_chains(&self) -> BTreeMap<String, Chain> {
+        let mut chains = BTreeMap::new();
         for placement in [Placement::First, Placement::Last] {
             for hook in self.hooks.iter().filter(|h| h.placement == placement) {
-                let chain = live
-                    .chains
+                let chain = chains
                     .entry(hook.chain.clone())
                     .or_insert_with(|| Chain { policy: Some("ACCEPT".into()), rules: Vec::new() });
                 chain.rules.push(Rule::new(hook.spec.clone()));
             }
         }
-        live
+        chains
     }
 
     pub fn rule_count(&self) -> usize {

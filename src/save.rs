@@ -5,8 +5,6 @@
 //! keeps `# Warning:` lines for the log; refuses a table the tool says is incompatible
 //! (its rules are hidden from us, so planning against it would be blind). It never panics.
 
-use std::collections::btree_map::Entry;
-
 use crate::ruleset::{Chain, Counters, Family, Rule, Table};
 use crate::spec;
 
@@ -130,7 +128,7 @@ impl Parser {
             return Err(self.syntax("a rule without a chain", text));
         }
         let spec = spec.trim();
-        if spec::split(spec).is_err() {
+        if !spec::quotes_closed(spec) {
             return Err(self.syntax("unterminated quote", text));
         }
         let rule = Rule { spec: spec.to_string(), counters };
@@ -140,12 +138,13 @@ impl Parser {
         let Some(table) = self.current.as_mut() else {
             return Ok(());
         };
-        match table.chains.entry(chain.to_string()) {
-            Entry::Occupied(mut e) => e.get_mut().rules.push(rule),
+        // Looked up by `&str` first: a chain name is allocated once, not once per rule.
+        match table.chains.get_mut(chain) {
+            Some(c) => c.rules.push(rule),
             // iptables-save declares every chain first; a rule of an undeclared one still
             // belongs to it.
-            Entry::Vacant(e) => {
-                e.insert(Chain::user(vec![rule]));
+            None => {
+                table.chains.insert(chain.to_string(), Chain::user(vec![rule]));
             }
         }
         Ok(())

@@ -66,6 +66,24 @@ pub fn split(spec: &str) -> Result<Vec<String>, &'static str> {
     Ok(args)
 }
 
+/// Whether every quote in `spec` is closed, by the rules of [`split`], without splitting:
+/// the save parser checks every rule, and most have no quote at all.
+pub fn quotes_closed(spec: &str) -> bool {
+    if !spec.contains('"') {
+        return true;
+    }
+    let (mut in_quote, mut escaped) = (false, false);
+    for b in spec.bytes() {
+        match (in_quote, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (_, false, b'"') => in_quote = !in_quote,
+            _ => {}
+        }
+    }
+    !in_quote
+}
+
 /// Joins arguments back into one line, quoting only what must be quoted.
 pub fn join(args: &[String]) -> String {
     let mut out = String::new();
@@ -126,6 +144,26 @@ mod tests {
         assert_eq!(split("-s  1.2.3.4/32\t-j X").unwrap(), ["-s", "1.2.3.4/32", "-j", "X"]);
         assert_eq!(split(r#"--comment """#).unwrap(), ["--comment", ""]);
         assert!(split(r#"--comment "open"#).is_err());
+    }
+
+    #[test]
+    fn quotes_closed_agrees_with_split() {
+        for spec in [
+            "",
+            "-j X",
+            r#"--comment "a b" -j X"#,
+            r#"--comment "open"#,
+            r#"--comment "a \" b""#,
+            r#"--comment "a \""#,
+            r#"--comment "a \\" -j X"#,
+            r#"a"b"#,
+            r#""""#,
+            r#"""""#,
+            r#"\""#,
+            r#"x\" "y""#,
+        ] {
+            assert_eq!(quotes_closed(spec), split(spec).is_ok(), "{spec:?}");
+        }
     }
 
     #[test]

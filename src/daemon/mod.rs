@@ -31,7 +31,6 @@ use crate::plan::{self, Summary};
 use crate::reconcile::{self, SyncError};
 use crate::render;
 use crate::report;
-use crate::restore;
 use crate::ruleset::Ruleset;
 use backoff::Backoff;
 use state::{Applied, Counts, Failure, Stamped, State, unix};
@@ -382,9 +381,9 @@ impl Daemon {
     fn converge(&mut self, target: Ruleset, reason: Reason, now: Instant, full: bool) {
         let started = Instant::now();
         let by_record =
-            self.desired.as_ref().filter(|_| self.synced && !full).map(|r| plan::plan(&target, &r.as_live()));
+            self.desired.as_ref().filter(|_| self.synced && !full).map(|r| plan::plan_from_record(&target, r));
         let result = match by_record {
-            Some(plan) => match reconcile::apply(&*self.runner, &plan, restore::DEFAULT_MAX_LINES) {
+            Some(plan) => match reconcile::apply(&*self.runner, &plan, self.runner.max_lines()) {
                 Ok(()) => Ok(plan.summary()),
                 Err(e) => {
                     // Most likely the live rules are not what the record says: read them.
@@ -408,7 +407,7 @@ impl Daemon {
     /// Reads the live rules, plans against them and applies (again, from a fresh read,
     /// when another program changes a chain under it; see [`reconcile::converge`]).
     fn sync_with_live(&mut self, target: &Ruleset, now: Instant) -> Result<Summary, SyncError> {
-        let done = reconcile::converge(&*self.runner, target, restore::DEFAULT_MAX_LINES, SYNC_ROUNDS)?;
+        let done = reconcile::converge(&*self.runner, target, self.runner.max_lines(), SYNC_ROUNDS)?;
         self.state.last_full_sync = Some(unix(SystemTime::now()));
         self.next_resync = now + secs(self.settings.resync_interval);
         Ok(done.applied.first().map(plan::Plan::summary).unwrap_or_default())

@@ -73,7 +73,9 @@ fn our_chains(save: &str) -> std::collections::BTreeMap<String, Vec<String>> {
 
 #[test]
 fn a_restore_failing_halfway_leaves_only_whole_chains_and_the_next_run_converges() {
-    for backend in BACKENDS {
+    // Only nf_tables splits a table into several transactions; legacy writes each table in
+    // one, and a failed one leaves no trace (core::a_failed_restore_...).
+    for backend in ["nft"] {
         let b = Bench::new(backend);
         // About 12,000 lines in nat: two transactions.
         for (name, text) in many_services(1200, 2, 200) {

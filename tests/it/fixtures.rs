@@ -174,10 +174,10 @@ pub fn many_services(n: usize, eps: usize, per_file: usize) -> Vec<(String, Stri
     for chunk in 0..n.div_ceil(per_file) {
         let mut text = String::new();
         for i in chunk * per_file..((chunk + 1) * per_file).min(n) {
-            // 65,000 addresses in 198.19.0.0/16; past that, the same addresses on other ports.
+            // 64,000 addresses in 198.19.0.0/16 (256 x 250); past that, the same addresses on other ports.
             let endpoints: Vec<String> = (0..eps)
                 .map(|e| i * eps + e)
-                .map(|k| format!("\"198.19.{}.{}:{}\"", (k % 65_000) / 250, k % 250 + 1, 8080 + k / 65_000))
+                .map(|k| format!("\"198.19.{}.{}:{}\"", (k % 64_000) / 250, k % 250 + 1, 8080 + k / 64_000))
                 .collect();
             text.push_str(&format!(
                 "[[service]]\nname = \"svc-{i:05}\"\nvip = \"198.18.{}.{}\"\nport = 80\nendpoints = [{}]\n\n",

@@ -1,6 +1,7 @@
 //! Integration tests: the real binaries, the real iptables, in throwaway namespaces.
 //! Each module is one area; `harness` is the bench they share.
 
+mod bench;
 mod cli;
 mod confirm;
 mod core;

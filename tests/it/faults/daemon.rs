@@ -25,12 +25,17 @@ fn killed_in_the_middle_of_a_large_apply_the_daemon_converges_after_a_restart() 
             b.file(&name, &text);
         }
         let w = Wrappers::new();
-        // The second transaction of the first sync: the first is committed.
-        w.wrap(&format!("iptables-{backend}-restore"), "if [ $CALL -eq 2 ]; then kill -9 $PPID; fi");
+        // On nf_tables, the second transaction of the first sync (the first is committed);
+        // legacy writes nat in one transaction, killed while it is being written.
+        let call = if backend == "nft" { 2 } else { 1 };
+        w.wrap(&format!("iptables-{backend}-restore"), &format!("if [ $CALL -eq {call} ]; then kill -9 $PPID; fi"));
         let mut d = Running::start(&b, &[("PATH", &w.path())]);
         let status = d.wait_exit();
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "{backend}: {}", d.log());
-        assert!(b.save(false).contains(":IPTPROXY-SEP-") && !in_sync(&b), "{backend}: stopped halfway");
+        assert!(!in_sync(&b), "{backend}: stopped halfway");
+        if backend == "nft" {
+            assert!(b.save(false).contains(":IPTPROXY-SEP-"), "nft: the first transaction is committed");
+        }
 
         let _d = Running::ready(&b);
         assert!(in_sync(&b), "{backend}");
