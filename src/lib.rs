@@ -26,3 +26,5 @@ pub mod ruleset;
 pub mod save;
 pub mod spec;
 pub mod status;
+#[cfg(test)]
+mod testing;

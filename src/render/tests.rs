@@ -135,3 +135,38 @@ fn rendering_does_not_depend_on_file_order() {
     };
     assert_eq!(load(&[("1.toml", a), ("2.toml", b)]), load(&[("1.toml", b), ("2.toml", a)]));
 }
+
+proptest::proptest! {
+    /// The whole ruleset is exactly its pieces: each table's frame, and each service's own
+    /// chains, which render alone (one at a time, by name) as they do all together.
+    #[test]
+    fn the_whole_is_the_assembly_of_pieces_that_render_alone(spec in crate::testing::config_spec()) {
+        let config = spec.config();
+        let whole = render(&config);
+        let mut assembled = Vec::new();
+        for family in families(&config) {
+            let services = of_family(&config, family);
+            for name in TABLES {
+                let frame = frame(&config.settings, family, name, &services);
+                let mut table = Table::new(family, name);
+                table.hooks = frame.hooks.clone();
+                table.chains.extend(frame.chains().cloned());
+                if name == "nat" {
+                    for s in &services {
+                        let all = service::chains(&config.settings, s);
+                        let names = service::chain_names(s);
+                        proptest::prop_assert_eq!(all.len(), names.len());
+                        for ((which, name), (n, chain)) in names.iter().zip(&all) {
+                            proptest::prop_assert_eq!(name, n);
+                            let alone = service::chain(&config.settings, s, *which);
+                            proptest::prop_assert_eq!(Some(chain), alone.as_ref());
+                            proptest::prop_assert!(table.chains.insert(name.clone(), chain.clone()).is_none());
+                        }
+                    }
+                }
+                assembled.push(table);
+            }
+        }
+        proptest::prop_assert_eq!(whole, Ruleset { tables: assembled });
+    }
+}
