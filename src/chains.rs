@@ -44,6 +44,31 @@ pub fn endpoint_chain(service: &Service, endpoint: &Endpoint) -> String {
     named("SEP", &format!("{}/{}", service.id(), host_port(endpoint.addr, endpoint.port)))
 }
 
+/// The kinds of per-service chain, in the order [`key`] numbers them.
+const KINDS: [&str; 4] = ["SVC", "EXT", "FW", "SEP"];
+
+/// A per-service chain's name packed into a number, exactly: kind and hash, 5 bits a
+/// character. Two names have the same key only if they are the same name; a name that is
+/// not a per-service chain's has none. For finding chains by name without holding names.
+pub fn key(name: &str) -> Option<u128> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let (kind, hash) = rest.split_once('-')?;
+    let code = KINDS.iter().position(|k| *k == kind)?;
+    if name.len() != MAX_NAME {
+        return None;
+    }
+    let mut key = code as u128;
+    for b in hash.bytes() {
+        let digit = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'2'..=b'7' => b - b'2' + 26,
+            _ => return None,
+        };
+        key = (key << 5) | u128::from(digit);
+    }
+    Some(key)
+}
+
 fn named(kind: &str, key: &str) -> String {
     let head = format!("{PREFIX}{kind}-");
     let digest = Sha256::digest(key.as_bytes());
@@ -72,6 +97,26 @@ mod tests {
         for name in [service_chain("FW", &s), service_chain("EXT", &s), endpoint_chain(&s, &s.endpoints[0])] {
             assert_eq!(name.len(), MAX_NAME, "{name}");
             assert!(is_ours(&name));
+        }
+    }
+
+    #[test]
+    fn keys_tell_per_service_chains_apart_exactly() {
+        let s = service();
+        let names = [
+            service_chain("SVC", &s),
+            service_chain("EXT", &s),
+            service_chain("FW", &s),
+            endpoint_chain(&s, &s.endpoints[0]),
+        ];
+        let keys: Vec<u128> = names.iter().map(|n| key(n).unwrap()).collect();
+        for (i, a) in keys.iter().enumerate() {
+            assert_eq!(keys.iter().filter(|b| *b == a).count(), 1, "{}", names[i]);
+        }
+        // SVC and EXT share the hash, not the key.
+        assert_eq!(names[0][13..], names[1][13..]);
+        for other in ["IPTPROXY-SERVICES", "IPTPROXY-SVC-R6PTLJMTZGJY3E", "IPTPROXY-SVC-R6PTLJMTZGJY3E1", "DOCKER"] {
+            assert_eq!(key(other), None, "{other}");
         }
     }
 

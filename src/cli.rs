@@ -6,8 +6,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::backend::{self, Choice};
+use crate::compare;
 use crate::config::{self, Config};
 use crate::confirm;
+use crate::edits;
 use crate::exec::{Runner, System};
 use crate::plan::{self, Plan};
 use crate::reconcile;
@@ -221,19 +223,11 @@ pub fn runner(global: &Global, config: &Config) -> Result<System> {
     Ok(System::new(detected.backend, config.settings.lock_wait))
 }
 
-/// Reads the live rules and plans the change to what `config` renders. Rendering runs on a
-/// second thread while iptables-save runs (measured at 5,000 services x 10 endpoints on
-/// legacy: render 0.36 s, iptables-save 0.74 s).
+/// Reads the live rules and plans the change to what `config` makes, comparing while
+/// `iptables-save` streams (see [`compare`]).
 fn plan_config(runner: &dyn Runner, config: &Config) -> Result<Plan> {
-    let needed = |f: Family| config.services.iter().any(|s| s.family() == f);
-    let (desired, live) = std::thread::scope(|s| {
-        let rendering = s.spawn(|| render::render(config));
-        let live = reconcile::read_live(runner, needed);
-        (rendering.join(), live)
-    });
-    let desired = desired.map_err(|_| anyhow::anyhow!("rendering the rules failed (a bug: the thread panicked)"))?;
-    let live = live.context("reading the live rules")?;
-    Ok(plan::plan(&desired, &live))
+    let edits = compare::read(runner, config).context("reading the live rules")?;
+    Ok(edits::to_plan(&edits))
 }
 
 /// Reads the live rules and plans the change to `desired`.
@@ -275,12 +269,12 @@ fn apply_cmd(global: &Global) -> Result<u8> {
         return Ok(1);
     };
     let runner = runner(global, &config)?;
-    let done = reconcile::converge(&runner, &render::render(&config), runner.max_lines(), APPLY_ROUNDS)?;
+    let done = reconcile::sync(&runner, &config, runner.max_lines(), APPLY_ROUNDS)?;
     let Some(first) = done.applied.first() else {
         println!("No changes. The live rules match the configuration.");
         return Ok(0);
     };
-    println!("{}", report::applied_line(&first.summary()));
+    println!("{}", report::applied_line(first));
     if done.applied.len() > 1 {
         println!(
             "Another program changed iptproxy's chains during the apply; they were read again and repaired \
@@ -313,14 +307,16 @@ fn apply_confirmed(global: &Global, timeout: std::time::Duration, run_dir: &std:
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hangup).context("handling signals")?;
 
-    let desired = render::render(&config);
-    let done = reconcile::converge(&runner, &desired, restore::DEFAULT_MAX_LINES, APPLY_ROUNDS)?;
+    // What a rollback puts back: iptproxy's part of the rules as they are now.
+    let needed = |f: Family| config.services.iter().any(|s| s.family() == f);
+    let before = reconcile::read_live(&runner, needed).context("reading the live rules")?;
+    let done = reconcile::sync(&runner, &config, restore::DEFAULT_MAX_LINES, APPLY_ROUNDS)?;
     let Some(first) = done.applied.first() else {
         println!("No changes. The live rules match the configuration.");
         return Ok(0);
     };
     let mut out = std::io::stdout();
-    let _ = writeln!(out, "{}", report::applied_line(&first.summary()));
+    let _ = writeln!(out, "{}", report::applied_line(first));
     let _ = writeln!(
         out,
         "Confirm within {} with `iptproxy confirm`{}, or the previous iptproxy rules come back.",
@@ -340,7 +336,7 @@ fn apply_confirmed(global: &Global, timeout: std::time::Duration, run_dir: &std:
                 confirm::Answer::TimedOut => format!("not confirmed within {}", humantime::format_duration(timeout)),
                 _ => "interrupted".to_string(),
             };
-            let previous = confirm::ours(&done.before);
+            let previous = confirm::ours(&before);
             reconcile::converge(&runner, &previous, restore::DEFAULT_MAX_LINES, APPLY_ROUNDS)
                 .with_context(|| format!("{why}, but putting the previous iptproxy rules back failed"))?;
             let _ = writeln!(std::io::stderr(), "{why}: the previous iptproxy rules were put back");
@@ -358,7 +354,7 @@ fn cleanup(global: &Global) -> Result<u8> {
         println!("Nothing to clean up: no iptproxy rules are present.");
         return Ok(0);
     }
-    reconcile::apply(&runner, &plan, runner.max_lines())?;
+    crate::apply::plan(&runner, &plan, runner.max_lines())?;
     let s = plan.summary();
     println!("Removed {} chains and {} rules.", s.chains_deleted, s.rules_deleted);
     Ok(0)

@@ -9,7 +9,7 @@
 
 use crate::chains;
 use crate::config::addr::parse_host_port;
-use crate::plan::{Action, Op, Plan};
+use crate::plan::{Action, ChainPlan, Op, Plan};
 use crate::ruleset::Family;
 use crate::spec;
 
@@ -23,51 +23,60 @@ pub struct Stale {
 /// The UDP flows `plan`, once applied, leaves pointing the wrong way.
 pub fn stale(plan: &Plan) -> Vec<Stale> {
     let mut out = Vec::new();
-    for table in plan.tables.iter().filter(|t| t.table == "nat") {
-        let mut push = |filter: Vec<String>| {
-            let s = Stale { family: table.family, filter };
-            if !out.contains(&s) {
-                out.push(s);
-            }
-        };
-        for chain in &table.chains {
-            match chain.action {
-                // An endpoint chain that goes: its UDP flows lose their destination.
-                Action::Delete => {
-                    for rule in chain.before.iter().filter_map(|r| udp(r)) {
-                        if let Some((addr, Some(port))) =
-                            arg(&rule, "--to-destination").and_then(|d| parse_host_port(&d).ok())
-                        {
-                            push(args(&[
-                                "-p",
-                                "udp",
-                                "--dst-nat",
-                                "--reply-src",
-                                &addr.to_string(),
-                                "--reply-port-src",
-                                &port.to_string(),
-                            ]));
-                        }
-                    }
-                }
-                // A service address or node port that starts being served.
-                _ if chain.chain == chains::SERVICES || chain.chain == chains::NODEPORTS => {
-                    for rule in chain.ops.iter().filter_map(added).filter_map(|r| udp(r)) {
-                        let Some(port) = arg(&rule, "--dport") else { continue };
-                        match arg(&rule, "-d") {
-                            Some(dest) => {
-                                let addr = dest.split('/').next().unwrap_or(&dest).to_string();
-                                push(args(&["-p", "udp", "--orig-dst", &addr, "--orig-port-dst", &port]));
-                            }
-                            None => push(args(&["-p", "udp", "--orig-port-dst", &port])),
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
+    for table in &plan.tables {
+        stale_in(table.family, &table.table, table.chains.iter(), &mut out);
     }
     out
+}
+
+/// Adds to `out` the UDP flows that the changes `chains` of one table, once applied, leave
+/// pointing the wrong way (only chain deletions and the shared chains matter).
+pub fn stale_in<'a>(family: Family, table: &str, chains: impl Iterator<Item = &'a ChainPlan>, out: &mut Vec<Stale>) {
+    if table != "nat" {
+        return;
+    }
+    let mut push = |filter: Vec<String>| {
+        let s = Stale { family, filter };
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    };
+    for chain in chains {
+        match chain.action {
+            // An endpoint chain that goes: its UDP flows lose their destination.
+            Action::Delete => {
+                for rule in chain.before.iter().filter_map(|r| udp(r)) {
+                    if let Some((addr, Some(port))) =
+                        arg(&rule, "--to-destination").and_then(|d| parse_host_port(&d).ok())
+                    {
+                        push(args(&[
+                            "-p",
+                            "udp",
+                            "--dst-nat",
+                            "--reply-src",
+                            &addr.to_string(),
+                            "--reply-port-src",
+                            &port.to_string(),
+                        ]));
+                    }
+                }
+            }
+            // A service address or node port that starts being served.
+            _ if chain.chain == chains::SERVICES || chain.chain == chains::NODEPORTS => {
+                for rule in chain.ops.iter().filter_map(added).filter_map(|r| udp(r)) {
+                    let Some(port) = arg(&rule, "--dport") else { continue };
+                    match arg(&rule, "-d") {
+                        Some(dest) => {
+                            let addr = dest.split('/').next().unwrap_or(&dest).to_string();
+                            push(args(&["-p", "udp", "--orig-dst", &addr, "--orig-port-dst", &port]));
+                        }
+                        None => push(args(&["-p", "udp", "--orig-port-dst", &port])),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn added(op: &Op) -> Option<&String> {

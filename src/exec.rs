@@ -21,6 +21,9 @@ pub enum ExecError {
     Failed { program: String, status: String, stderr: String },
 }
 
+/// Restore input produced a line at a time: it hands each line to the sink it is given.
+pub type Input<'a> = dyn FnMut(&mut dyn FnMut(&str)) + 'a;
+
 pub trait Runner {
     /// Runs `iptables-save` (`ip6tables-save` for IPv6), with counters when asked,
     /// handing each line of its output to `line` as it arrives.
@@ -28,6 +31,18 @@ pub trait Runner {
 
     /// Feeds `input` to `iptables-restore --noflush`.
     fn restore(&self, family: Family, input: &str) -> Result<(), ExecError>;
+
+    /// Feeds `iptables-restore --noflush` the lines `input` hands to its sink, as it hands
+    /// them: for a transaction too large to hold. This default collects them and runs
+    /// [`restore`](Runner::restore); [`System`] streams them to the tool.
+    fn restore_lines(&self, family: Family, input: &mut Input<'_>) -> Result<(), ExecError> {
+        let mut text = String::new();
+        input(&mut |line| {
+            text.push_str(line);
+            text.push('\n');
+        });
+        self.restore(family, &text)
+    }
 
     /// The rules of one chain (each as `iptables-save` prints it after `-A CHAIN `), or
     /// `None` when the chain (or its table) does not exist. This default reads the whole
@@ -118,6 +133,24 @@ impl Runner for System {
         let mut stdin = child.stdin.take().ok_or_else(|| no_pipe(&program))?;
         // A write error means the tool exited early; its status and stderr say why.
         let _ = stdin.write_all(input.as_bytes());
+        drop(stdin);
+        finish(&program, child)
+    }
+
+    fn restore_lines(&self, family: Family, input: &mut Input<'_>) -> Result<(), ExecError> {
+        let program = self.backend.program(family, "-restore");
+        let mut cmd = Command::new(&program);
+        cmd.arg("--noflush").arg(format!("--wait={}", self.lock_wait));
+        let mut child = spawn(&program, cmd.stdin(Stdio::piped()).stdout(Stdio::null()))?;
+        let stdin = child.stdin.take().ok_or_else(|| no_pipe(&program))?;
+        let mut stdin = std::io::BufWriter::with_capacity(1 << 16, stdin);
+        // After a write error (the tool exited early) the rest is skipped; its status and
+        // stderr say why.
+        let mut broken = false;
+        input(&mut |line| {
+            broken = broken || stdin.write_all(line.as_bytes()).and_then(|()| stdin.write_all(b"\n")).is_err();
+        });
+        let _ = stdin.flush();
         drop(stdin);
         finish(&program, child)
     }

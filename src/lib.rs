@@ -8,14 +8,18 @@
 //! line. [`daemon`] is `iptproxyd`, which keeps the rules equal to the files; [`status`]
 //! shows what it did and the traffic per service.
 
+pub mod apply;
 pub mod backend;
 pub mod chains;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod confirm;
 pub mod conntrack;
 pub mod daemon;
+pub mod edits;
 pub mod exec;
+pub mod incremental;
 pub mod logging;
 pub mod plan;
 pub mod reconcile;

@@ -102,23 +102,40 @@ impl Plan {
     pub fn summary(&self) -> Summary {
         let mut s = Summary::default();
         for c in self.tables.iter().flat_map(|t| &t.chains) {
-            match c.action {
-                Action::Create => s.chains_added += 1,
-                Action::Update => s.chains_changed += 1,
-                Action::Delete => {
-                    s.chains_deleted += 1;
-                    s.rules_deleted += c.before.len();
-                }
-            }
-            for op in &c.ops {
-                match op {
-                    Op::Append { .. } | Op::Insert { .. } => s.rules_added += 1,
-                    Op::Replace { .. } => s.rules_changed += 1,
-                    Op::Delete { .. } | Op::DeleteRule { .. } => s.rules_deleted += 1,
-                }
-            }
+            s.add(c);
         }
         s
+    }
+}
+
+impl Summary {
+    /// Counts one chain's change.
+    pub fn add(&mut self, c: &ChainPlan) {
+        match c.action {
+            Action::Create => self.chains_added += 1,
+            Action::Update => self.chains_changed += 1,
+            Action::Delete => {
+                self.chains_deleted += 1;
+                self.rules_deleted += c.before.len();
+            }
+        }
+        for op in &c.ops {
+            match op {
+                Op::Append { .. } | Op::Insert { .. } => self.rules_added += 1,
+                Op::Replace { .. } => self.rules_changed += 1,
+                Op::Delete { .. } | Op::DeleteRule { .. } => self.rules_deleted += 1,
+            }
+        }
+    }
+
+    /// Both counts together.
+    pub fn merge(&mut self, other: &Summary) {
+        self.chains_added += other.chains_added;
+        self.chains_changed += other.chains_changed;
+        self.chains_deleted += other.chains_deleted;
+        self.rules_added += other.rules_added;
+        self.rules_changed += other.rules_changed;
+        self.rules_deleted += other.rules_deleted;
     }
 }
 
@@ -177,25 +194,7 @@ fn plan_with<'a>(desired: &Ruleset, live: &'a Ruleset, view: impl Fn(&'a Table) 
 fn plan_table(desired: &Table, live: &Live) -> Vec<ChainPlan> {
     let mut changes = Vec::new();
     for (name, chain) in &desired.chains {
-        let live_chain = live.get(name);
-        // Most chains are unchanged: compare them before collecting anything.
-        if live_chain.is_some_and(|l| l.specs().eq(chain.specs())) {
-            continue;
-        }
-        let after: Vec<&str> = chain.specs().collect();
-        match live_chain {
-            Some(l) => {
-                let before: Vec<&str> = l.specs().collect();
-                let ops = diff_rules(&before, &after);
-                if !ops.is_empty() {
-                    changes.push(chain_plan(name, Action::Update, &before, &after, ops));
-                }
-            }
-            None => {
-                let ops = after.iter().map(|r| Op::Append { rule: r.to_string() }).collect();
-                changes.push(chain_plan(name, Action::Create, &[], &after, ops));
-            }
-        }
+        changes.extend(chain_change(name, live.get(name).map(|l| l.specs()), chain.specs()));
     }
     let depth = Depths::new(desired);
     // Within a depth, chains are created in an order scrambled from their names, not in
@@ -215,11 +214,43 @@ fn plan_table(desired: &Table, live: &Live) -> Vec<ChainPlan> {
 
     for (name, chain) in live.iter() {
         if chains::is_ours(name) && !desired.chains.contains_key(name) {
-            let before: Vec<&str> = chain.specs().collect();
-            changes.push(chain_plan(name, Action::Delete, &before, &[], Vec::new()));
+            changes.push(deletion(name, &chain.specs().collect::<Vec<_>>()));
         }
     }
     changes
+}
+
+/// What turns our chain `name`, with rules `live` (`None` when it does not exist), into one
+/// with the rules `desired`: nothing, its creation, or the fewest edits (see [`diff_rules`]).
+pub fn chain_change<'a, 'b>(
+    name: &str,
+    live: Option<impl Iterator<Item = &'a str> + Clone>,
+    desired: impl Iterator<Item = &'b str> + Clone,
+) -> Option<ChainPlan> {
+    let Some(live) = live else {
+        let after: Vec<&str> = desired.collect();
+        let ops = after.iter().map(|r| Op::Append { rule: r.to_string() }).collect();
+        return Some(chain_plan(name, Action::Create, &[], &after, ops));
+    };
+    // Most chains are unchanged: compare them before collecting anything.
+    if live.clone().eq(desired.clone()) {
+        return None;
+    }
+    let (before, after): (Vec<&str>, Vec<&str>) = (live.collect(), desired.collect());
+    let ops = diff_rules(&before, &after);
+    (!ops.is_empty()).then(|| chain_plan(name, Action::Update, &before, &after, ops))
+}
+
+/// The creation of our chain `name` with the rules of `chain`.
+pub fn creation(name: &str, chain: &Chain) -> ChainPlan {
+    let after: Vec<&str> = chain.specs().collect();
+    let ops = after.iter().map(|r| Op::Append { rule: r.to_string() }).collect();
+    chain_plan(name, Action::Create, &[], &after, ops)
+}
+
+/// The deletion of our chain `name`, which holds `rules`.
+pub fn deletion(name: &str, rules: &[&str]) -> ChainPlan {
+    chain_plan(name, Action::Delete, rules, &[], Vec::new())
 }
 
 fn chain_plan(chain: &str, action: Action, before: &[&str], after: &[&str], ops: Vec<Op>) -> ChainPlan {
@@ -229,6 +260,13 @@ fn chain_plan(chain: &str, action: Action, before: &[&str], after: &[&str], ops:
 
 /// The edits that turn `before` into `after`, fewest first (Myers), by position.
 pub fn diff_rules(before: &[&str], after: &[&str]) -> Vec<Op> {
+    diff_at(before, after, 1, before.len())
+}
+
+/// The edits that turn the rules `before`, which stand from position `at` of a chain of
+/// `len` rules (both as edited so far), into `after`: [`diff_rules`] for a stretch of a
+/// longer chain, such as one service's rules in a shared chain.
+pub fn diff_at(before: &[&str], after: &[&str], at: usize, len: usize) -> Vec<Op> {
     if before == after {
         return Vec::new();
     }
@@ -239,8 +277,8 @@ pub fn diff_rules(before: &[&str], after: &[&str]) -> Vec<Op> {
         return Vec::new();
     }
     let mut ops = Vec::new();
-    let mut pos = 1; // where the next edit lands, in the chain as edited so far
-    let mut len = before.len();
+    let mut pos = at; // where the next edit lands, in the chain as edited so far
+    let mut len = len;
     for op in capture_diff_slices(Algorithm::Myers, &old, &new) {
         match op {
             DiffOp::Equal { len: n, .. } => pos += n,
@@ -284,7 +322,7 @@ fn insert(ops: &mut Vec<Op>, pos: &mut usize, len: &mut usize, rule: &str) {
 
 /// Our rules in one built-in chain: keep each hook where it is; delete our rules that are
 /// not hooks (or are duplicates); add missing hooks at their placement.
-fn plan_hooks(chain: &str, before: &[&str], hooks: &[&Hook]) -> Option<ChainPlan> {
+pub fn plan_hooks(chain: &str, before: &[&str], hooks: &[&Hook]) -> Option<ChainPlan> {
     let mut kept = vec![false; before.len()];
     let mut missing = Vec::new();
     for hook in hooks {

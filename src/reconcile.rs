@@ -1,13 +1,17 @@
-//! One reconcile pass, at the edge: read the live rules, plan, apply.
+//! One reconcile pass, at the edge: read the live rules, plan, apply (see [`apply`]), read
+//! back what another program could have disturbed, and again if it did.
 
+use crate::apply;
 use crate::chains;
-use crate::conntrack;
+use crate::compare;
+use crate::config::Config;
+use crate::edits::TableEdits;
 use crate::exec::{ExecError, Runner};
-use crate::plan::{self, Action, ChainPlan, Op, Plan};
-use crate::render;
-use crate::restore::{self, Script};
+use crate::plan::{self, Action, ChainPlan, Op, Plan, Summary};
+use crate::restore;
 use crate::ruleset::{Family, Ruleset};
 use crate::save::{self, SaveError};
+use crate::spec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -149,21 +153,54 @@ pub fn converge(
         if plan.is_empty() {
             return Ok(Converged { before, applied });
         }
-        apply(runner, &plan, max_lines)?;
+        apply::plan(runner, &plan, max_lines)?;
         drifted = verify(runner, &plan);
         applied.push(plan);
         if drifted.is_empty() {
             return Ok(Converged { before, applied });
         }
-        for d in &drifted {
-            let why = d.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default();
-            log::warn!(
-                "another program changed {d} while iptproxy applied its plan{why}; planning again (pass {round})"
-            );
-        }
+        warn_drift(&drifted, round);
         fresh = Some(read_live(runner, needed)?);
     }
     Err(SyncError::KeptChanging { chains: drifted.iter().map(|d| d.to_string()).collect(), rounds })
+}
+
+/// What [`sync`] did: what each pass changed, none when nothing needed to change, more
+/// than one when another program changed our chains under the first.
+#[derive(Debug, Default)]
+pub struct Synced {
+    pub applied: Vec<Summary>,
+}
+
+/// Makes the live rules equal to what `config` makes, as `iptproxy apply` and the daemon's
+/// full syncs do: compares them as `iptables-save` streams them (see [`compare`]),
+/// carries out the differences in bounded transactions, then reads back the chains edited
+/// by position; if another program changed one under it, reads and plans again, up to
+/// `rounds` passes in all. Holds neither the live ruleset nor the whole plan.
+pub fn sync(runner: &dyn Runner, config: &Config, max_lines: usize, rounds: usize) -> Result<Synced, SyncError> {
+    let mut done = Synced::default();
+    let mut drifted = Vec::new();
+    for round in 1..=rounds.max(1) {
+        let edits = compare::read(runner, config)?;
+        let summary = apply::edits(runner, &edits, max_lines)?;
+        if summary == Summary::default() {
+            return Ok(done);
+        }
+        done.applied.push(summary);
+        drifted = verify_edits(runner, &edits);
+        if drifted.is_empty() {
+            return Ok(done);
+        }
+        warn_drift(&drifted, round);
+    }
+    Err(SyncError::KeptChanging { chains: drifted.iter().map(|d| d.to_string()).collect(), rounds })
+}
+
+fn warn_drift(drifted: &[Drift], round: usize) {
+    for d in drifted {
+        let why = d.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default();
+        log::warn!("another program changed {d} while iptproxy applied its plan{why}; planning again (pass {round})");
+    }
 }
 
 /// Reads back each of our chains that `plan` edited by position, and returns those that
@@ -173,98 +210,45 @@ pub fn converge(
 pub fn verify(runner: &dyn Runner, plan: &Plan) -> Vec<Drift> {
     let mut drifted = Vec::new();
     for t in &plan.tables {
-        for c in &t.chains {
-            let positional =
-                c.ops.iter().any(|op| matches!(op, Op::Insert { .. } | Op::Replace { .. } | Op::Delete { .. }));
-            if c.action != Action::Update || !chains::is_ours(&c.chain) || !positional {
-                continue;
-            }
-            let drift = |error| Drift { family: t.family, table: t.table.clone(), chain: c.chain.clone(), error };
-            match runner.list_chain(t.family, &t.table, &c.chain) {
-                Ok(None) => drifted.push(drift(None)),
-                Ok(Some(live)) => {
-                    let same = live.len() == c.after.len()
-                        && live
-                            .iter()
-                            .zip(&c.after)
-                            .all(|(l, a)| crate::spec::canonical(l) == crate::spec::canonical(a));
-                    if !same {
-                        drifted.push(drift(None));
-                    }
-                }
-                Err(e) => drifted.push(drift(Some(e))),
-            }
-        }
+        verify_chains(runner, t.family, &t.table, t.chains.iter(), &mut drifted);
     }
     drifted
 }
 
-/// Applies `plan` in transactions of at most about `max_lines` lines, then clears the UDP
-/// flows it left pointing the wrong way.
-pub fn apply(runner: &dyn Runner, plan: &Plan, max_lines: usize) -> Result<(), SyncError> {
-    for (i, script) in restore::scripts(plan, max_lines)?.iter().enumerate() {
-        log::debug!("{} {} transaction:\n{}", script.family, script.table, script.text);
-        if let Err(error) = runner.restore(script.family, &script.text) {
-            return Err(SyncError::Restore(Box::new(describe_failure(plan, script, i, error))));
-        }
+/// [`verify`] for edits: the chains they update that were read from the kernel.
+pub fn verify_edits(runner: &dyn Runner, edits: &[TableEdits]) -> Vec<Drift> {
+    let mut drifted = Vec::new();
+    for t in edits {
+        let chains = t.first.iter().chain(t.services.updates()).chain(&t.then);
+        verify_chains(runner, t.family, &t.table, chains, &mut drifted);
     }
-    forget_stale_flows(runner, plan);
-    Ok(())
+    drifted
 }
 
-/// Best effort: the rules are right whatever happens here, so a failure is a warning.
-fn forget_stale_flows(runner: &dyn Runner, plan: &Plan) {
-    static MISSING_WARNED: std::sync::Once = std::sync::Once::new();
-    for stale in conntrack::stale(plan) {
-        match runner.forget_flows(stale.family, &stale.filter) {
-            Ok(()) => log::debug!("cleared {} conntrack entries: {}", stale.family, stale.filter.join(" ")),
-            Err(ExecError::NotFound { .. }) => MISSING_WARNED.call_once(|| {
-                log::warn!("conntrack is not installed: UDP flows to removed endpoints go on until they time out")
-            }),
-            Err(e) => log::warn!("clearing stale UDP flows ({}): {e}", stale.filter.join(" ")),
+fn verify_chains<'a>(
+    runner: &dyn Runner,
+    family: Family,
+    table: &str,
+    chains: impl Iterator<Item = &'a ChainPlan>,
+    drifted: &mut Vec<Drift>,
+) {
+    for c in chains {
+        let positional =
+            c.ops.iter().any(|op| matches!(op, Op::Insert { .. } | Op::Replace { .. } | Op::Delete { .. }));
+        if c.action != Action::Update || !chains::is_ours(&c.chain) || !positional {
+            continue;
         }
-    }
-}
-
-fn describe_failure(plan: &Plan, script: &Script, committed: usize, error: ExecError) -> RestoreFailure {
-    let n = match &error {
-        ExecError::Failed { stderr, .. } => failed_line(stderr),
-        _ => None,
-    };
-    let chain = n.and_then(|n| script.chains.get(n.checked_sub(1)?).cloned().flatten());
-    let line = n.and_then(|n| script.line(n)).map(str::to_string);
-    let chain_plan = chain.as_deref().and_then(|c| {
-        plan.tables
-            .iter()
-            .filter(|t| t.family == script.family && t.table == script.table)
-            .flat_map(|t| &t.chains)
-            .find(|p| p.chain == c)
-    });
-    let service = line.as_deref().and_then(render::service_of).or_else(|| chain_plan.and_then(ChainPlan::service));
-    RestoreFailure { family: script.family, table: script.table.clone(), chain, service, line, committed, error }
-}
-
-/// The input line `iptables-restore` complains about: it says `line 5 failed` (legacy) or
-/// `Error occurred at line: 5` (nft).
-pub fn failed_line(stderr: &str) -> Option<usize> {
-    let at = stderr.find("line")? + "line".len();
-    let digits: String = stderr[at..].trim_start_matches([':', ' ']).chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_failing_line_in_both_backends_messages() {
-        assert_eq!(failed_line("iptables-restore: line 5 failed"), Some(5));
-        assert_eq!(
-            failed_line(
-                "iptables-restore v1.8.9 (nf_tables): Chain 'X' does not exist\nError occurred at line: 12\nTry `iptables-restore -h'"
-            ),
-            Some(12)
-        );
-        assert_eq!(failed_line("Another app is currently holding the xtables lock"), None);
+        let drift = |error| Drift { family, table: table.to_string(), chain: c.chain.clone(), error };
+        match runner.list_chain(family, table, &c.chain) {
+            Ok(None) => drifted.push(drift(None)),
+            Ok(Some(live)) => {
+                let same = live.len() == c.after.len()
+                    && live.iter().zip(&c.after).all(|(l, a)| l == a || spec::canonical(l) == spec::canonical(a));
+                if !same {
+                    drifted.push(drift(None));
+                }
+            }
+            Err(e) => drifted.push(drift(Some(e))),
+        }
     }
 }

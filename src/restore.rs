@@ -11,7 +11,7 @@
 
 pub mod line;
 
-use crate::plan::{Action, ChainPlan, Op, Plan, TablePlan};
+use crate::plan::{Action, ChainPlan, Op, Plan};
 use crate::ruleset::{Family, Table};
 
 /// A line the writer refused to put in front of `iptables-restore`.
@@ -68,101 +68,172 @@ impl Script {
 pub fn scripts(plan: &Plan, max_lines: usize) -> Result<Vec<Script>, ScriptError> {
     let mut out = Vec::new();
     for table in &plan.tables {
-        out.extend(table_scripts(table, max_lines)?);
+        let (deleted, edited): (Vec<&ChainPlan>, Vec<&ChainPlan>) =
+            table.chains.iter().partition(|c| c.action == Action::Delete);
+        let mut units: Vec<Unit> = edited.iter().map(|c| Unit::edit(c)).collect();
+        // Every deleted chain is flushed before any is deleted: they may jump to each other.
+        units.extend(deleted.iter().map(|c| Unit::flush(&c.chain)));
+        units.extend(deleted.iter().map(|c| Unit::delete(&c.chain)));
+        let mut writer = Transactions::new(table.family, &table.table, max_lines)?;
+        for unit in &units {
+            unit.check(table.family, &table.table)?;
+        }
+        for unit in units {
+            out.extend(writer.push(vec![unit]));
+        }
+        out.extend(writer.finish());
     }
     Ok(out)
 }
 
 /// One chain's share of a transaction: its declaration when it is created, then its edits.
-struct Unit<'a> {
-    chain: &'a str,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    chain: String,
     decl: Option<String>,
     lines: Vec<String>,
 }
 
-impl Unit<'_> {
+impl Unit {
+    /// The lines that create or edit one chain.
+    pub fn edit(chain: &ChainPlan) -> Unit {
+        let name = &chain.chain;
+        let decl = (chain.action == Action::Create).then(|| format!(":{name} - [0:0]"));
+        let lines = chain
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Append { rule } => rule_line("-A", name, None, rule),
+                Op::Insert { position, rule } => rule_line("-I", name, Some(*position), rule),
+                Op::Replace { position, rule } => rule_line("-R", name, Some(*position), rule),
+                Op::Delete { position } => format!("-D {name} {position}"),
+                Op::DeleteRule { rule } => rule_line("-D", name, None, rule),
+            })
+            .collect();
+        Unit { chain: name.clone(), decl, lines }
+    }
+
+    /// Empties a chain that is to be deleted.
+    pub fn flush(chain: &str) -> Unit {
+        Unit { chain: chain.to_string(), decl: None, lines: vec![format!("-F {chain}")] }
+    }
+
+    /// Deletes an empty chain.
+    pub fn delete(chain: &str) -> Unit {
+        Unit { chain: chain.to_string(), decl: None, lines: vec![format!("-X {chain}")] }
+    }
+
     fn len(&self) -> usize {
         self.lines.len() + usize::from(self.decl.is_some())
     }
+
+    /// Refuses a unit with an unsafe chain name or line (see [`line`]).
+    pub fn check(&self, family: Family, table: &str) -> Result<(), ScriptError> {
+        let refuse = |text: &str, problem| ScriptError {
+            family,
+            table: table.to_string(),
+            chain: self.chain.chars().take(40).collect(),
+            text: text.chars().take(200).collect(),
+            problem,
+        };
+        line::check_table(table).map_err(|p| refuse(table, p))?;
+        line::check_chain(&self.chain).map_err(|p| refuse(&self.chain, p))?;
+        for l in self.decl.iter().chain(&self.lines) {
+            line::check_line(l).map_err(|p| refuse(l, p))?;
+        }
+        Ok(())
+    }
 }
 
-fn table_scripts(plan: &TablePlan, max_lines: usize) -> Result<Vec<Script>, ScriptError> {
-    let refuse = |chain: &str, text: &str, problem| ScriptError {
-        family: plan.family,
-        table: plan.table.clone(),
-        chain: chain.chars().take(40).collect(),
-        text: text.chars().take(200).collect(),
-        problem,
-    };
-    line::check_table(&plan.table).map_err(|p| refuse("", &plan.table, p))?;
-    let (deleted, edited): (Vec<&ChainPlan>, Vec<&ChainPlan>) =
-        plan.chains.iter().partition(|c| c.action == Action::Delete);
-    let mut units: Vec<Unit> = edited.iter().map(|c| chain_unit(c)).collect();
-    // Flush every deleted chain before deleting any: they may jump to each other.
-    for flag in ["-F", "-X"] {
-        for chain in &deleted {
-            units.push(Unit { chain: &chain.chain, decl: None, lines: vec![format!("{flag} {}", chain.chain)] });
-        }
+/// Packs groups of units into transactions of at most about `max_lines` lines, a group
+/// never split between two (one service's chains, say, so that each transaction has all of
+/// a service or none of it), holding only the transaction being filled.
+pub struct Transactions {
+    family: Family,
+    table: String,
+    max_lines: usize,
+    block: Vec<Unit>,
+    lines: usize,
+}
+
+impl Transactions {
+    pub fn new(family: Family, table: &str, max_lines: usize) -> Result<Transactions, ScriptError> {
+        line::check_table(table).map_err(|problem| ScriptError {
+            family,
+            table: table.chars().take(40).collect(),
+            chain: String::new(),
+            text: table.chars().take(200).collect(),
+            problem,
+        })?;
+        Ok(Transactions { family, table: table.to_string(), max_lines, block: Vec::new(), lines: 0 })
     }
-    for unit in &units {
-        line::check_chain(unit.chain).map_err(|p| refuse(unit.chain, unit.chain, p))?;
-        for l in unit.decl.iter().chain(&unit.lines) {
-            line::check_line(l).map_err(|p| refuse(unit.chain, l, p))?;
+
+    /// Adds a group; returns the transaction it closes when it does not fit in this one.
+    pub fn push(&mut self, group: Vec<Unit>) -> Option<Script> {
+        if group.is_empty() {
+            return None;
         }
-    }
-    // Whole units to a block; a new block when the next unit would overflow this one.
-    let mut blocks: Vec<Vec<Unit>> = Vec::new();
-    let mut lines = 0;
-    for unit in units {
-        match blocks.last_mut() {
-            Some(block) if lines + unit.len() <= max_lines => {
-                lines += unit.len();
-                block.push(unit);
-            }
-            _ => {
-                lines = 1 + unit.len();
-                blocks.push(vec![unit]);
-            }
+        let len: usize = group.iter().map(Unit::len).sum();
+        let mut closed = None;
+        if !self.block.is_empty() && self.lines + len > self.max_lines {
+            closed = Some(block_script(self.family, &self.table, &std::mem::take(&mut self.block)));
         }
+        if self.block.is_empty() {
+            // The `*table` line.
+            self.lines = 1;
+        }
+        self.lines += len;
+        self.block.extend(group);
+        closed
     }
-    Ok(blocks.into_iter().map(|block| block_script(plan, &block)).collect())
+
+    /// The last transaction, if anything is left.
+    pub fn finish(self) -> Option<Script> {
+        (!self.block.is_empty()).then(|| block_script(self.family, &self.table, &self.block))
+    }
 }
 
 /// One transaction. The chains it creates are declared first, all of them: on legacy,
 /// declarations between thousands of rules cost far more (likely libiptc re-indexing its
 /// chain list at each new chain; measured in the commit that made this so), and within
 /// one atomic transaction their order changes nothing else.
-fn block_script(plan: &TablePlan, block: &[Unit]) -> Script {
-    let mut script = Script::new(plan.family, &plan.table);
+fn block_script(family: Family, table: &str, block: &[Unit]) -> Script {
+    let mut script = Script::new(family, table);
     for unit in block {
         if let Some(decl) = &unit.decl {
-            script.push(decl.clone(), Some(unit.chain));
+            script.push(decl.clone(), Some(&unit.chain));
         }
     }
     for unit in block {
         for line in &unit.lines {
-            script.push(line.clone(), Some(unit.chain));
+            script.push(line.clone(), Some(&unit.chain));
         }
     }
     script.push("COMMIT".into(), None);
     script
 }
 
-fn chain_unit(chain: &ChainPlan) -> Unit<'_> {
-    let name = &chain.chain;
-    let decl = (chain.action == Action::Create).then(|| format!(":{name} - [0:0]"));
-    let lines = chain
-        .ops
-        .iter()
-        .map(|op| match op {
-            Op::Append { rule } => rule_line("-A", name, None, rule),
-            Op::Insert { position, rule } => rule_line("-I", name, Some(*position), rule),
-            Op::Replace { position, rule } => rule_line("-R", name, Some(*position), rule),
-            Op::Delete { position } => format!("-D {name} {position}"),
-            Op::DeleteRule { rule } => rule_line("-D", name, None, rule),
-        })
-        .collect();
-    Unit { chain: name, decl, lines }
+/// Units produced one at a time, as many times as asked: each call hands every unit to the
+/// sink it is given, in the same order.
+pub type Units<'a> = dyn Fn(&mut dyn FnMut(Unit)) + 'a;
+
+/// One table's units as a single transaction of any size, handed to `out` line by line
+/// (with the chain each edits) without holding it: `units` runs twice, first for the
+/// declarations of the chains it creates (first, as in every transaction), then for the
+/// edits. Unchecked: check every unit before (see [`Unit::check`]).
+pub fn stream(table: &str, units: &Units<'_>, out: &mut dyn FnMut(&str, Option<&str>)) {
+    out(&format!("*{table}"), None);
+    units(&mut |unit| {
+        if let Some(decl) = &unit.decl {
+            out(decl, Some(&unit.chain));
+        }
+    });
+    units(&mut |unit| {
+        for line in &unit.lines {
+            out(line, Some(&unit.chain));
+        }
+    });
+    out("COMMIT", None);
 }
 
 fn rule_line(flag: &str, chain: &str, position: Option<usize>, rule: &str) -> String {
@@ -201,6 +272,7 @@ pub fn full(table: &Table) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::TablePlan;
 
     fn chain(name: &str, action: Action, ops: Vec<Op>) -> ChainPlan {
         ChainPlan { chain: name.into(), action, before: vec!["x".into()], after: Vec::new(), ops }

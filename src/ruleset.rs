@@ -78,7 +78,7 @@ impl Chain {
         self.policy.is_some()
     }
 
-    pub fn specs(&self) -> impl Iterator<Item = &str> {
+    pub fn specs(&self) -> impl Iterator<Item = &str> + Clone {
         self.rules.iter().map(|r| r.spec.as_str())
     }
 }

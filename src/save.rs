@@ -30,18 +30,34 @@ pub fn parse(family: Family, text: &str) -> Result<Vec<Table>, SaveError> {
     parser.finish()
 }
 
-pub struct Parser {
-    family: Family,
-    line: usize,
-    current: Option<Table>,
-    tables: Vec<Table>,
-    /// `# Warning: ...` lines the tool printed, for the log.
-    pub warnings: Vec<String>,
+/// What one line of `iptables-save` output says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// Blank, or a comment.
+    Nothing,
+    /// `# Warning: ...`, for the log.
+    Warning(&'a str),
+    /// `*table`: a table starts.
+    Table(&'a str),
+    /// `:NAME POLICY [packets:bytes]`; the policy is `None` for a user-defined chain.
+    Chain { name: &'a str, policy: Option<&'a str> },
+    /// `[packets:bytes] -A CHAIN spec...`, counters only with `-c`.
+    Rule { chain: &'a str, spec: &'a str, counters: Option<Counters> },
+    /// `COMMIT`: the table ends.
+    Commit,
 }
 
-impl Parser {
-    pub fn new(family: Family) -> Parser {
-        Parser { family, line: 0, current: None, tables: Vec::new(), warnings: Vec::new() }
+/// Reads `iptables-save` output a line at a time: what each line is, and whether it may
+/// come where it does (tables do not nest; chains and rules are inside one).
+pub struct Lexer {
+    family: Family,
+    line: usize,
+    table: Option<String>,
+}
+
+impl Lexer {
+    pub fn new(family: Family) -> Lexer {
+        Lexer { family, line: 0, table: None }
     }
 
     fn tool(&self) -> &'static str {
@@ -53,11 +69,16 @@ impl Parser {
         SaveError::Syntax { tool: self.tool(), line: self.line, message, text }
     }
 
-    pub fn line(&mut self, raw: &str) -> Result<(), SaveError> {
+    /// An error about the line just read, for checks the caller makes.
+    pub fn error(&self, message: &'static str, text: &str) -> SaveError {
+        self.syntax(message, text)
+    }
+
+    pub fn next<'a>(&mut self, raw: &'a str) -> Result<Line<'a>, SaveError> {
         self.line += 1;
         let text = raw.trim_end_matches(['\r', '\n']);
         if text.trim().is_empty() {
-            return Ok(());
+            return Ok(Line::Nothing);
         }
         if let Some(comment) = text.strip_prefix('#') {
             let comment = comment.trim();
@@ -67,51 +88,36 @@ impl Parser {
                     return Err(SaveError::Incompatible { tool: self.tool(), table });
                 }
             }
-            if comment.starts_with("Warning") {
-                self.warnings.push(comment.to_string());
-            }
-            return Ok(());
+            return Ok(if comment.starts_with("Warning") { Line::Warning(comment) } else { Line::Nothing });
         }
         if let Some(name) = text.strip_prefix('*') {
-            if self.current.is_some() {
+            if self.table.is_some() {
                 return Err(self.syntax("a table starts before the previous one's COMMIT", text));
             }
             if name.is_empty() || name.contains(char::is_whitespace) {
                 return Err(self.syntax("bad table name", text));
             }
-            self.current = Some(Table::new(self.family, name));
-            return Ok(());
+            self.table = Some(name.to_string());
+            return Ok(Line::Table(name));
         }
         if text == "COMMIT" {
-            let table = self.current.take().ok_or_else(|| self.syntax("COMMIT outside a table", text))?;
-            self.tables.push(table);
-            return Ok(());
+            self.table.take().ok_or_else(|| self.syntax("COMMIT outside a table", text))?;
+            return Ok(Line::Commit);
         }
         if let Some(decl) = text.strip_prefix(':') {
-            return self.chain(decl, text);
+            let mut parts = decl.split_whitespace();
+            let (Some(name), Some(policy)) = (parts.next(), parts.next()) else {
+                return Err(self.syntax("a chain needs a name and a policy", text));
+            };
+            if self.table.is_none() {
+                return Err(self.syntax("a chain outside a table", text));
+            }
+            return Ok(Line::Chain { name, policy: (policy != "-").then_some(policy) });
         }
         self.rule(text)
     }
 
-    /// `:NAME POLICY [packets:bytes]`; the policy is `-` for a user-defined chain.
-    fn chain(&mut self, decl: &str, text: &str) -> Result<(), SaveError> {
-        let mut parts = decl.split_whitespace();
-        let (Some(name), Some(policy)) = (parts.next(), parts.next()) else {
-            return Err(self.syntax("a chain needs a name and a policy", text));
-        };
-        let policy = (policy != "-").then(|| policy.to_string());
-        if self.current.is_none() {
-            return Err(self.syntax("a chain outside a table", text));
-        }
-        let Some(table) = self.current.as_mut() else {
-            return Ok(());
-        };
-        table.chains.entry(name.to_string()).or_default().policy = policy;
-        Ok(())
-    }
-
-    /// `[packets:bytes] -A CHAIN spec...`, counters only with `-c`.
-    fn rule(&mut self, text: &str) -> Result<(), SaveError> {
+    fn rule<'a>(&self, text: &'a str) -> Result<Line<'a>, SaveError> {
         let (counters, rest) = match text.strip_prefix('[') {
             Some(after) => {
                 let (inner, rest) = after.split_once(']').ok_or_else(|| self.syntax("unclosed counters", text))?;
@@ -131,29 +137,65 @@ impl Parser {
         if !spec::quotes_closed(spec) {
             return Err(self.syntax("unterminated quote", text));
         }
-        let rule = Rule { spec: spec.to_string(), counters };
-        if self.current.is_none() {
+        if self.table.is_none() {
             return Err(self.syntax("a rule outside a table", text));
         }
-        let Some(table) = self.current.as_mut() else {
-            return Ok(());
-        };
-        // Looked up by `&str` first: a chain name is allocated once, not once per rule.
-        match table.chains.get_mut(chain) {
-            Some(c) => c.rules.push(rule),
-            // iptables-save declares every chain first; a rule of an undeclared one still
-            // belongs to it.
-            None => {
-                table.chains.insert(chain.to_string(), Chain::user(vec![rule]));
+        Ok(Line::Rule { chain, spec, counters })
+    }
+
+    /// The end of the output: an error if it ended inside a table.
+    pub fn finish(&self) -> Result<(), SaveError> {
+        match &self.table {
+            Some(table) => Err(SaveError::Truncated { tool: self.tool(), table: table.clone() }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Builds the tables of `iptables-save` output, fed a line at a time.
+pub struct Parser {
+    lexer: Lexer,
+    current: Option<Table>,
+    tables: Vec<Table>,
+    /// `# Warning: ...` lines the tool printed, for the log.
+    pub warnings: Vec<String>,
+}
+
+impl Parser {
+    pub fn new(family: Family) -> Parser {
+        Parser { lexer: Lexer::new(family), current: None, tables: Vec::new(), warnings: Vec::new() }
+    }
+
+    pub fn line(&mut self, raw: &str) -> Result<(), SaveError> {
+        match self.lexer.next(raw)? {
+            Line::Nothing => {}
+            Line::Warning(w) => self.warnings.push(w.to_string()),
+            Line::Table(name) => self.current = Some(Table::new(self.lexer.family, name)),
+            Line::Commit => self.tables.extend(self.current.take()),
+            Line::Chain { name, policy } => {
+                if let Some(table) = self.current.as_mut() {
+                    table.chains.entry(name.to_string()).or_default().policy = policy.map(str::to_string);
+                }
+            }
+            Line::Rule { chain, spec, counters } => {
+                let Some(table) = self.current.as_mut() else { return Ok(()) };
+                let rule = Rule { spec: spec.to_string(), counters };
+                // Looked up by `&str` first: a chain name is allocated once, not once per rule.
+                match table.chains.get_mut(chain) {
+                    Some(c) => c.rules.push(rule),
+                    // iptables-save declares every chain first; a rule of an undeclared one
+                    // still belongs to it.
+                    None => {
+                        table.chains.insert(chain.to_string(), Chain::user(vec![rule]));
+                    }
+                }
             }
         }
         Ok(())
     }
 
     pub fn finish(self) -> Result<Vec<Table>, SaveError> {
-        if let Some(t) = self.current {
-            return Err(SaveError::Truncated { tool: self.family.tool(), table: t.name });
-        }
+        self.lexer.finish()?;
         Ok(self.tables)
     }
 }

@@ -95,6 +95,34 @@ impl Service {
     pub fn active_endpoints(&self) -> impl Iterator<Item = &Endpoint> {
         self.endpoints.iter().filter(|e| e.weight > 0)
     }
+
+    /// Whether the two make the same rules: equal in all but where they are written.
+    pub fn same_rules(&self, other: &Service) -> bool {
+        // Every field named, so that a new one cannot be forgotten here.
+        let Service {
+            name,
+            protocol,
+            vip,
+            port,
+            endpoints,
+            node_port,
+            external_ips,
+            source_ranges,
+            affinity_seconds,
+            masquerade,
+            defined_at: _,
+        } = self;
+        *name == other.name
+            && *protocol == other.protocol
+            && *vip == other.vip
+            && *port == other.port
+            && *endpoints == other.endpoints
+            && *node_port == other.node_port
+            && *external_ips == other.external_ips
+            && *source_ranges == other.source_ranges
+            && *affinity_seconds == other.affinity_seconds
+            && *masquerade == other.masquerade
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +157,27 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// Whether the two shape the rules the same way (the intervals and the lock wait do not).
+    pub fn same_rules(&self, other: &Settings) -> bool {
+        let Settings {
+            cluster_cidrs,
+            masquerade_all,
+            masquerade_bit,
+            drop_bit,
+            random_fully,
+            forward_accept,
+            canary_interval: _,
+            resync_interval: _,
+            lock_wait: _,
+        } = self;
+        *cluster_cidrs == other.cluster_cidrs
+            && *masquerade_all == other.masquerade_all
+            && *masquerade_bit == other.masquerade_bit
+            && *drop_bit == other.drop_bit
+            && *random_fully == other.random_fully
+            && *forward_accept == other.forward_accept
+    }
+
     pub fn masquerade_mark(&self) -> u32 {
         1 << self.masquerade_bit
     }
@@ -149,6 +198,13 @@ pub struct Config {
 impl Config {
     pub fn endpoint_count(&self) -> usize {
         self.services.iter().map(|s| s.endpoints.len()).sum()
+    }
+
+    /// Whether the two make the same rules, wherever their services are written.
+    pub fn same_rules(&self, other: &Config) -> bool {
+        self.settings.same_rules(&other.settings)
+            && self.services.len() == other.services.len()
+            && self.services.iter().zip(&other.services).all(|(a, b)| a.same_rules(b))
     }
 }
 

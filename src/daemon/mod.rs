@@ -383,7 +383,7 @@ impl Daemon {
         let by_record =
             self.desired.as_ref().filter(|_| self.synced && !full).map(|r| plan::plan_from_record(&target, r));
         let result = match by_record {
-            Some(plan) => match reconcile::apply(&*self.runner, &plan, self.runner.max_lines()) {
+            Some(plan) => match crate::apply::plan(&*self.runner, &plan, self.runner.max_lines()) {
                 Ok(()) => Ok(plan.summary()),
                 Err(e) => {
                     // Most likely the live rules are not what the record says: read them.

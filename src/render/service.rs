@@ -21,27 +21,40 @@ pub enum Which {
     Fw,
 }
 
-/// The names of the service's own chains, in an order they can be created in (a chain
-/// before any that jumps to it): endpoint chains, `SVC`, `EXT`, `FW`. Hashes only, no rules.
-pub fn chain_names(s: &Service) -> Vec<(Which, String)> {
-    let mut names = Vec::new();
+/// Which own chains the service has, in an order they can be created in (a chain before
+/// any that jumps to it): endpoint chains, `SVC`, `EXT`, `FW`. No hashing, no rules.
+pub fn which_chains(s: &Service) -> Vec<Which> {
+    let mut which = Vec::new();
     if !has_endpoints(s) {
-        return names;
+        return which;
     }
-    for (i, ep) in s.endpoints.iter().enumerate().filter(|(_, e)| e.weight > 0) {
-        names.push((Which::Sep(i), endpoint_chain(s, ep)));
-    }
-    names.push((Which::Svc, service_chain("SVC", s)));
+    which.extend(s.endpoints.iter().enumerate().filter(|(_, e)| e.weight > 0).map(|(i, _)| Which::Sep(i)));
+    which.push(Which::Svc);
     if is_external(s) {
-        names.push((Which::Ext, service_chain("EXT", s)));
+        which.push(Which::Ext);
     }
     if !s.source_ranges.is_empty() {
-        names.push((Which::Fw, service_chain("FW", s)));
+        which.push(Which::Fw);
     }
-    names
+    which
 }
 
-/// The service's own chains with their rules, in the order of [`chain_names`].
+/// The name of one of the service's own chains (a hash; see [`chains`]).
+pub fn chain_name(s: &Service, which: Which) -> String {
+    match which {
+        Which::Sep(i) => s.endpoints.get(i).map_or_else(String::new, |ep| endpoint_chain(s, ep)),
+        Which::Svc => service_chain("SVC", s),
+        Which::Ext => service_chain("EXT", s),
+        Which::Fw => service_chain("FW", s),
+    }
+}
+
+/// [`which_chains`] with their names.
+pub fn chain_names(s: &Service) -> Vec<(Which, String)> {
+    which_chains(s).into_iter().map(|w| (w, chain_name(s, w))).collect()
+}
+
+/// The service's own chains with their rules, in the order of [`which_chains`].
 pub fn chains(settings: &Settings, s: &Service) -> Vec<(String, Chain)> {
     if !has_endpoints(s) {
         return Vec::new();

@@ -22,7 +22,7 @@ use clap::Parser;
 use iptproxy::backend::Backend;
 use iptproxy::exec::{ExecError, Runner};
 use iptproxy::ruleset::{Family, Ruleset};
-use iptproxy::{config, plan, reconcile, render, restore, save};
+use iptproxy::{config, plan, render, restore, save};
 
 use netns::Netns;
 use workload::{NEW_ENDPOINT, Workload};
@@ -290,7 +290,7 @@ fn bench(args: &Args, bin_dir: &std::path::Path) -> Result<Vec<Row>> {
     let desired2 = render::render(&cfg2);
     let edit = plan::plan_from_record(&desired2, &desired);
     let runner = NsRunner(&ours, backend);
-    reconcile::apply(&runner, &edit, backend.max_lines())?;
+    iptproxy::apply::plan(&runner, &edit, backend.max_lines())?;
     let in_process = t.elapsed();
     let sep = new_sep_chain(&edit).context("the edit creates no endpoint chain")?;
     if !ours.chain_has("nat", &sep, NEW_ENDPOINT) {
