@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the pure core at kube-proxy scale (10,000 services x 10
 //! endpoints, ~420,000 rules; `IPTPROXY_BENCH_SERVICES` sets another size): loading the
-//! config, rendering it, parsing that much `iptables-save` output, and planning, both a
-//! no-change plan against a parsed save and a one-endpoint edit against the record.
+//! config, rendering it whole, parsing that much `iptables-save` output, comparing it with
+//! the config as it streams (nothing to change), the edits of a first sync rendered group
+//! by group, and the incremental plan of a one-endpoint edit.
 //!
 //! `cargo bench --bench pure`
 
@@ -9,9 +10,10 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use iptproxy::compare::Comparer;
 use iptproxy::config::{self, Config};
 use iptproxy::ruleset::{Family, Ruleset};
-use iptproxy::{plan, render, restore, save};
+use iptproxy::{edits, incremental, render, restore, save};
 
 #[path = "../src/bin/iptproxy-bench/generate.rs"]
 mod generate;
@@ -45,29 +47,36 @@ fn pure(c: &mut Criterion) {
     let config = load(files.clone());
     let desired = render::render(&config);
     let text = save_text(&desired);
-    let live = Ruleset { tables: save::parse(Family::Ipv4, &text).expect("parse") };
     let mut edited_files = files.clone();
     let s = n / 2;
     let f = s / PER_FILE;
     let extra = [(s, "198.19.255.254:9999".to_string())];
     edited_files[f].1 = generate::services_file(f * PER_FILE, PER_FILE.min(n - f * PER_FILE), ENDPOINTS, &extra);
-    let edited = render::render(&load(edited_files));
+    let edited = load(edited_files);
 
     let mut g = c.benchmark_group(format!("{n} services x {ENDPOINTS} endpoints"));
     g.sample_size(10);
     g.bench_function("load config", |b| b.iter(|| config::from_sources(sources(black_box(files.clone())))));
-    g.bench_function("render", |b| b.iter(|| render::render(black_box(&config))));
+    g.bench_function("render (whole)", |b| b.iter(|| render::render(black_box(&config))));
     g.bench_function(format!("parse save ({} lines)", text.lines().count()), |b| {
         b.iter(|| save::parse(Family::Ipv4, black_box(&text)))
     });
-    g.bench_function("plan, no change", |b| b.iter(|| plan::plan(black_box(&desired), black_box(&live))));
-    g.bench_function("plan, one endpoint added, against a copy of the record (as_live)", |b| {
-        b.iter(|| plan::plan(black_box(&edited), &black_box(&desired).as_live()))
+    g.bench_function("compare a save stream, no change", |b| {
+        b.iter(|| {
+            let mut c = Comparer::new(black_box(&config), Family::Ipv4);
+            text.lines().for_each(|l| c.line(l).expect("well-formed"));
+            c.finish().expect("well-formed")
+        })
     });
-    g.bench_function("plan, one endpoint added, from the record", |b| {
-        b.iter(|| plan::plan_from_record(black_box(&edited), black_box(&desired)))
+    g.bench_function("first sync: every group rendered", |b| {
+        b.iter(|| {
+            let edits = Comparer::new(black_box(&config), Family::Ipv4).finish().expect("nothing read");
+            edits.iter().flat_map(|t| t.groups()).map(|g| g.len()).sum::<usize>()
+        })
     });
-    g.bench_function("plan, first sync", |b| b.iter(|| plan::plan(black_box(&desired), &Ruleset::default())));
+    g.bench_function("incremental plan, one endpoint added", |b| {
+        b.iter(|| incremental::between(black_box(&config), black_box(&edited)).map(|e| edits::to_plan(&e)))
+    });
     g.finish();
 }
 

@@ -77,6 +77,24 @@ pub fn edits(runner: &dyn Runner, edits: &[TableEdits], max_lines: usize) -> Res
     Ok(summary)
 }
 
+/// The transactions [`edits`] would run, as text: what `iptproxy plan --script` prints.
+pub fn scripts(edits: &[TableEdits], max_lines: usize) -> Result<Vec<Script>, SyncError> {
+    let mut out = Vec::new();
+    for t in edits {
+        each_group(t, &mut |units, _| units.iter().try_for_each(|u| u.check(t.family, &t.table)))?;
+    }
+    for t in edits {
+        // Unlimited: one transaction, as it would be streamed.
+        let mut transactions = Transactions::new(t.family, &t.table, max_lines)?;
+        each_group(t, &mut |units, _| {
+            out.extend(transactions.push(units));
+            Ok::<(), SyncError>(())
+        })?;
+        out.extend(transactions.finish());
+    }
+    Ok(out)
+}
+
 fn stale_deletions(t: &TableEdits, stale: &mut Vec<conntrack::Stale>) {
     for c in t.deletions() {
         conntrack::stale_in(t.family, &t.table, std::iter::once(c.as_ref()), stale);

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::apply;
 use crate::backend::{self, Choice};
 use crate::compare;
 use crate::config::{self, Config};
@@ -223,13 +224,6 @@ pub fn runner(global: &Global, config: &Config) -> Result<System> {
     Ok(System::new(detected.backend, config.settings.lock_wait))
 }
 
-/// Reads the live rules and plans the change to what `config` makes, comparing while
-/// `iptables-save` streams (see [`compare`]).
-fn plan_config(runner: &dyn Runner, config: &Config) -> Result<Plan> {
-    let edits = compare::read(runner, config).context("reading the live rules")?;
-    Ok(edits::to_plan(&edits))
-}
-
 /// Reads the live rules and plans the change to `desired`.
 fn plan_against(runner: &dyn Runner, desired: &Ruleset) -> Result<Plan> {
     let live =
@@ -246,18 +240,27 @@ enum PlanFormat {
 fn plan_cmd(global: &Global, detailed_exitcode: bool, format: PlanFormat) -> Result<u8> {
     let Some(config) = load(global) else { return Ok(1) };
     let runner = runner(global, &config)?;
-    let plan = plan_config(&runner, &config)?;
-    match format {
-        PlanFormat::Diff => print!("{}", report::text(&plan, Style::detect())),
-        PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&report::json(&plan))?),
+    let edits = compare::read(&runner, &config).context("reading the live rules")?;
+    let changes = match format {
         PlanFormat::Script => {
-            for script in restore::scripts(&plan, runner.max_lines())? {
+            // Exactly the transactions `apply` would run.
+            let scripts = apply::scripts(&edits, runner.max_lines())?;
+            for script in &scripts {
                 println!("# {}-restore --noflush ({})", script.family.tool(), script.family);
                 print!("{}", script.text);
             }
+            !scripts.is_empty()
         }
-    }
-    Ok(if detailed_exitcode && !plan.is_empty() { 2 } else { 0 })
+        PlanFormat::Diff | PlanFormat::Json => {
+            let plan = edits::to_plan(&edits);
+            match format {
+                PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&report::json(&plan))?),
+                _ => print!("{}", report::text(&plan, Style::detect())),
+            }
+            !plan.is_empty()
+        }
+    };
+    Ok(if detailed_exitcode && changes { 2 } else { 0 })
 }
 
 /// How many times `apply` reads and plans again when another program changes our chains

@@ -142,35 +142,6 @@ impl Summary {
 /// Plans the change from `live` to `desired`. Tables present on one side only are compared
 /// with an empty table, so a family or table iptproxy no longer uses is cleaned up.
 pub fn plan(desired: &Ruleset, live: &Ruleset) -> Plan {
-    plan_with(desired, live, |t| Live { chains: &t.chains, builtins: BTreeMap::new() })
-}
-
-/// Plans the change from `record`, a ruleset iptproxy rendered and applied, to `desired`:
-/// the same plan as `plan(desired, &record.as_live())`, without copying the record (at
-/// 10,000 services a copy is ~420,000 strings, as long as the rest of the plan and as much
-/// memory as the record itself).
-pub fn plan_from_record(desired: &Ruleset, record: &Ruleset) -> Plan {
-    plan_with(desired, record, |t| Live { chains: &t.chains, builtins: t.hook_chains() })
-}
-
-/// The live side of one table: its chains, plus (for a record) its hooks in built-in chains
-/// that `chains` does not hold.
-struct Live<'a> {
-    chains: &'a BTreeMap<String, Chain>,
-    builtins: BTreeMap<String, Chain>,
-}
-
-impl Live<'_> {
-    fn get(&self, name: &str) -> Option<&Chain> {
-        self.builtins.get(name).or_else(|| self.chains.get(name))
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (&String, &Chain)> {
-        self.chains.iter().filter(|(n, _)| !self.builtins.contains_key(*n)).chain(&self.builtins)
-    }
-}
-
-fn plan_with<'a>(desired: &Ruleset, live: &'a Ruleset, view: impl Fn(&'a Table) -> Live<'a>) -> Plan {
     let mut keys: Vec<(Family, &str)> = Vec::new();
     for t in desired.tables.iter().chain(&live.tables) {
         if !keys.contains(&(t.family, t.name.as_str())) {
@@ -182,16 +153,15 @@ fn plan_with<'a>(desired: &Ruleset, live: &'a Ruleset, view: impl Fn(&'a Table) 
         .filter_map(|(family, name)| {
             let empty = Table::new(family, name);
             let d = desired.table(family, name).unwrap_or(&empty);
-            static NONE: BTreeMap<String, Chain> = BTreeMap::new();
-            let l = live.table(family, name).map_or(Live { chains: &NONE, builtins: BTreeMap::new() }, &view);
-            let chains = plan_table(d, &l);
+            let l = live.table(family, name).unwrap_or(&empty);
+            let chains = plan_table(d, &l.chains);
             (!chains.is_empty()).then(|| TablePlan { family, table: name.to_string(), chains })
         })
         .collect();
     Plan { tables }
 }
 
-fn plan_table(desired: &Table, live: &Live) -> Vec<ChainPlan> {
+fn plan_table(desired: &Table, live: &BTreeMap<String, Chain>) -> Vec<ChainPlan> {
     let mut changes = Vec::new();
     for (name, chain) in &desired.chains {
         changes.extend(chain_change(name, live.get(name).map(|l| l.specs()), chain.specs()));

@@ -119,8 +119,7 @@ impl Table {
 
     /// A rendered table as it stands in the kernel once applied, seen from our side: our
     /// chains, plus built-in chains holding only our hooks (top hooks first, then appended
-    /// ones). Planning against this instead of a fresh `iptables-save` is exact for our
-    /// chains, and safe for built-in chains because hooks are edited by text, not position.
+    /// ones): what the tests and benchmarks take as the live rules of a config.
     pub fn as_live(&self) -> Table {
         let mut live = Table { hooks: Vec::new(), ..self.clone() };
         live.chains.extend(self.hook_chains());

@@ -94,6 +94,8 @@ fn unlimited_transactions_are_streamed_one_a_table_declarations_first() {
     let last_decl = nat.iter().rposition(|l| l.starts_with(':')).expect("declarations");
     let first_rule = nat.iter().position(|l| l.starts_with("-A")).expect("rules");
     assert!(last_decl < first_rule, "every chain declared before any rule");
+    let text: Vec<String> = scripts(&first_sync(&c), usize::MAX).expect("safe").into_iter().map(|s| s.text).collect();
+    assert_eq!(*restores, text, "what `plan --script` prints");
     // The same lines as in bounded transactions, once each.
     let bounded = Recorder::default();
     edits(&bounded, &first_sync(&c), 20).expect("applied");

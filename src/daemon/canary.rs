@@ -10,7 +10,7 @@ use std::fmt;
 
 use crate::chains::{CANARY, CANARY_RULE};
 use crate::exec::{ExecError, Runner};
-use crate::ruleset::{Family, Ruleset};
+use crate::ruleset::Family;
 use crate::spec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,18 +51,18 @@ pub fn read_sign(rules: Option<&[String]>) -> Sign {
     }
 }
 
-/// Checks the canary of every table in `desired`. A table that cannot be checked (the
-/// lock is held, iptables is gone) is reported as an error, not as a hit.
-pub fn check(runner: &dyn Runner, desired: &Ruleset) -> (Vec<Hit>, Vec<(String, ExecError)>) {
+/// Checks the canary of every table in `tables`. A table that cannot be checked (the lock
+/// is held, iptables is gone) is reported as an error, not as a hit.
+pub fn check(runner: &dyn Runner, tables: &[(Family, &str)]) -> (Vec<Hit>, Vec<(String, ExecError)>) {
     let mut hits = Vec::new();
     let mut errors = Vec::new();
-    for t in &desired.tables {
-        match runner.list_chain(t.family, &t.name, CANARY) {
+    for (family, table) in tables {
+        match runner.list_chain(*family, table, CANARY) {
             Ok(rules) => match read_sign(rules.as_deref()) {
                 Sign::Intact => {}
-                sign => hits.push(Hit { family: t.family, table: t.name.clone(), sign }),
+                sign => hits.push(Hit { family: *family, table: table.to_string(), sign }),
             },
-            Err(e) => errors.push((format!("{} {}", t.family, t.name), e)),
+            Err(e) => errors.push((format!("{family} {table}"), e)),
         }
     }
     (hits, errors)

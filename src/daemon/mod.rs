@@ -6,9 +6,12 @@
 //! watchdog pings, as it should.
 //!
 //! Between full resyncs, a file change is planned against the record of what was last
-//! applied (no `iptables-save`), so it costs only the change. A full resync reads the live
-//! rules: at start, on SIGHUP, every `resync_interval`, after a canary hit and on a retry.
-//! A config that fails to load is never applied: the last good one stays in force.
+//! applied (no `iptables-save`), so it costs only the change. The record is the config
+//! itself, not its rules: only the services that changed are rendered (see
+//! [`crate::incremental`]). A full resync reads the live rules, comparing them as they
+//! stream (see [`crate::compare`]): at start, on SIGHUP, every `resync_interval`, after a
+//! canary hit, on a retry, and for a change of the settings that shape every rule. A
+//! config that fails to load is never applied: the last good one stays in force.
 
 pub mod backoff;
 pub mod canary;
@@ -24,14 +27,15 @@ use std::time::{Duration, Instant, SystemTime};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::apply;
 use crate::backend::{self, Choice};
-use crate::config::{self, Settings};
+use crate::config::{self, Config, Settings};
 use crate::exec::{ExecError, Runner, System};
-use crate::plan::{self, Summary};
+use crate::incremental;
+use crate::plan::Summary;
 use crate::reconcile::{self, SyncError};
 use crate::render;
 use crate::report;
-use crate::ruleset::Ruleset;
 use backoff::Backoff;
 use state::{Applied, Counts, Failure, Stamped, State, unix};
 use systemd::Systemd;
@@ -133,8 +137,9 @@ pub struct Daemon {
     runner: Box<dyn Runner>,
     /// The settings in force: the last valid config's.
     settings: Settings,
-    /// The rules of the last valid config; `None` until one has loaded.
-    desired: Option<Ruleset>,
+    /// The last valid config, whose rules are rendered from it on demand; `None` until one
+    /// has loaded.
+    desired: Option<Config>,
     /// Whether the kernel is known to hold `desired`, so that a change can be planned
     /// against it instead of against a fresh read.
     synced: bool,
@@ -315,8 +320,9 @@ impl Daemon {
             self.publish();
             return;
         };
-        if self.desired.as_ref() == Some(&new) {
+        if self.desired.as_ref().is_some_and(|old| old.same_rules(&new)) {
             log::debug!("the files changed, the rules they make did not");
+            self.desired = Some(new);
             self.publish();
             return;
         }
@@ -334,7 +340,7 @@ impl Daemon {
 
     /// Loads the files. `None` when they are invalid: the errors are logged and kept in
     /// the state, and the config in force stays as it is.
-    fn load(&mut self, now: Instant) -> Option<Ruleset> {
+    fn load(&mut self, now: Instant) -> Option<Config> {
         match config::load_dir_trusting(&self.dir, self.trust) {
             Ok(config) => {
                 if self.state.config_error.take().is_some() {
@@ -347,7 +353,7 @@ impl Daemon {
                     files: config.files.len(),
                 };
                 self.state.config = Some(counts);
-                Some(render::render(&config))
+                Some(config)
             }
             Err(errors) => {
                 for e in &errors.0 {
@@ -378,19 +384,20 @@ impl Daemon {
 
     /// Makes the kernel hold `target`: planned against the record of the last apply when
     /// it is trustworthy and `full` is not asked, else against the live rules.
-    fn converge(&mut self, target: Ruleset, reason: Reason, now: Instant, full: bool) {
+    fn converge(&mut self, target: Config, reason: Reason, now: Instant, full: bool) {
         let started = Instant::now();
-        let by_record =
-            self.desired.as_ref().filter(|_| self.synced && !full).map(|r| plan::plan_from_record(&target, r));
+        let record = self.desired.as_ref().filter(|_| self.synced && !full);
+        // `None` when the change reaches every rule (settings): then the live rules are read.
+        let by_record = record
+            .and_then(|old| incremental::between(old, &target))
+            .map(|edits| apply::edits(&*self.runner, &edits, self.runner.max_lines()));
         let result = match by_record {
-            Some(plan) => match crate::apply::plan(&*self.runner, &plan, self.runner.max_lines()) {
-                Ok(()) => Ok(plan.summary()),
-                Err(e) => {
-                    // Most likely the live rules are not what the record says: read them.
-                    log::warn!("{reason}: {e}\n  reading the live rules and trying again");
-                    self.sync_with_live(&target, now)
-                }
-            },
+            Some(Ok(summary)) => Ok(summary),
+            Some(Err(e)) => {
+                // Most likely the live rules are not what the record says: read them.
+                log::warn!("{reason}: {e}\n  reading the live rules and trying again");
+                self.sync_with_live(&target, now)
+            }
             None => self.sync_with_live(&target, now),
         };
         self.desired = Some(target);
@@ -406,11 +413,11 @@ impl Daemon {
 
     /// Reads the live rules, plans against them and applies (again, from a fresh read,
     /// when another program changes a chain under it; see [`reconcile::converge`]).
-    fn sync_with_live(&mut self, target: &Ruleset, now: Instant) -> Result<Summary, SyncError> {
-        let done = reconcile::converge(&*self.runner, target, self.runner.max_lines(), SYNC_ROUNDS)?;
+    fn sync_with_live(&mut self, target: &Config, now: Instant) -> Result<Summary, SyncError> {
+        let done = reconcile::sync(&*self.runner, target, self.runner.max_lines(), SYNC_ROUNDS)?;
         self.state.last_full_sync = Some(unix(SystemTime::now()));
         self.next_resync = now + secs(self.settings.resync_interval);
-        Ok(done.applied.first().map(plan::Plan::summary).unwrap_or_default())
+        Ok(done.applied.first().copied().unwrap_or_default())
     }
 
     fn succeeded(&mut self, summary: &Summary, reason: Reason, took: Duration) {
@@ -449,7 +456,7 @@ impl Daemon {
         let Some(desired) = self.desired.as_ref().filter(|_| self.synced) else {
             return;
         };
-        let (hits, errors) = canary::check(&*self.runner, desired);
+        let (hits, errors) = canary::check(&*self.runner, &render::tables(desired));
         for (table, e) in errors {
             log::warn!("canary: cannot check the {table} table: {e}");
         }

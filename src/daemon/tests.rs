@@ -338,3 +338,26 @@ fn a_resync_while_a_file_is_being_written_does_not_read_it() {
     assert_eq!(s.saves(), 4, "the resync ran");
     assert!(s.last_sync_holds("198.19.0.2:8080") && !s.last_sync_holds("198.19.0.8"), "{:?}", s.restores());
 }
+
+#[test]
+fn a_settings_change_that_reaches_every_rule_reads_the_live_rules() {
+    let mut s = Setup::start(&[("web.toml", WEB), ("settings.toml", &settings("1h", "1h"))]);
+    s.write("settings.toml", &format!("{}cluster_cidrs = [\"198.19.0.0/16\"]\n", settings("1h", "1h")));
+    s.advance();
+    assert_eq!(s.saves(), 4, "planned against the live rules");
+    assert!(s.last_sync_holds("-j IPTPROXY-MARK-OUTSIDE"), "{:?}", s.restores());
+    // Intervals shape no rule: nothing to plan, nothing read.
+    s.write("settings.toml", &format!("{}cluster_cidrs = [\"198.19.0.0/16\"]\n", settings("1h", "2h")));
+    s.advance();
+    assert_eq!((s.saves(), s.restores().len()), (4, 4));
+}
+
+#[test]
+fn a_service_moved_to_another_file_applies_nothing() {
+    let mut s = Setup::start(&[("web.toml", WEB)]);
+    s.write("web.toml", "");
+    s.write("moved.toml", WEB);
+    s.advance();
+    assert_eq!((s.saves(), s.restores().len()), (2, 2));
+    assert!(s.daemon.state().apply_error.is_none() && s.daemon.state().config_error.is_none());
+}

@@ -231,24 +231,3 @@ fn chains_of_one_depth_are_not_created_in_name_order() {
         "and the order is the same every time"
     );
 }
-
-#[test]
-fn planning_from_the_record_is_planning_against_it_as_live() {
-    let render = |toml: &str| {
-        let config = crate::config::from_sources(vec![("a.toml".into(), toml.as_bytes().to_vec())]).unwrap();
-        crate::render::render(&config)
-    };
-    let a = render(
-        "[settings]\ncluster_cidrs=['198.19.0.0/16']\n[[service]]\nname='a'\nvip='198.18.0.1'\nport=80\n\
-         endpoints=['198.19.0.1','198.19.0.2']\nnode_port=30080\n",
-    );
-    let b = render(
-        "[settings]\nforward_accept=false\n[[service]]\nname='a'\nvip='198.18.0.1'\nport=80\n\
-         endpoints=['198.19.0.1','198.19.0.3']\n[[service]]\nname='b'\nvip='2001:db8::1'\nport=53\n",
-    );
-    let none = Ruleset::default();
-    for (desired, record) in [(&a, &b), (&b, &a), (&a, &a), (&a, &none), (&none, &b)] {
-        assert_eq!(plan_from_record(desired, record), plan(desired, &record.as_live()));
-    }
-    assert!(!plan_from_record(&a, &b).is_empty());
-}

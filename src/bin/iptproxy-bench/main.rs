@@ -20,9 +20,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use iptproxy::backend::Backend;
+use iptproxy::compare::Comparer;
+use iptproxy::edits::TableEdits;
 use iptproxy::exec::{ExecError, Runner};
-use iptproxy::ruleset::{Family, Ruleset};
-use iptproxy::{config, plan, render, restore, save};
+use iptproxy::ruleset::Family;
+use iptproxy::{apply, config, edits, incremental, plan, render};
 
 use netns::Netns;
 use workload::{NEW_ENDPOINT, Workload};
@@ -202,14 +204,16 @@ fn mib(kib: Option<u64>) -> Cell {
 fn bench(args: &Args, bin_dir: &std::path::Path) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let work = Workload::create(args.services, args.endpoints, args.per_file)?;
+    let t = Instant::now();
     let cfg = config::load_dir(work.dir()).map_err(|e| anyhow::anyhow!("generated config is invalid: {e}"))?;
+    let loading = t.elapsed();
     let desired = render::render(&cfg);
     let rules: usize = desired.tables.iter().map(|t| t.rule_count()).sum();
     let chains: usize = desired.tables.iter().map(|t| t.chains.len()).sum();
     println!("{} files, {rules} rules in {chains} chains\n", work.files());
-    let first = plan::plan(&desired, &Ruleset::default());
     let backend = if args.backend == "legacy" { Backend::Legacy } else { Backend::Nft };
-    let scripts = restore::scripts(&first, backend.max_lines())?;
+    // The transactions `iptproxy apply` writes on an empty host.
+    let scripts = apply::scripts(&compare_text(&cfg, "")?, backend.max_lines())?;
 
     // iptproxy's own namespace, and one where the same work is done bare.
     let ours = Netns::new(&args.backend)?;
@@ -232,6 +236,7 @@ fn bench(args: &Args, bin_dir: &std::path::Path) -> Result<Vec<Row>> {
     let lines: usize = scripts.iter().map(|s| s.text.lines().count()).sum();
     let mut r = row("first sync (`iptproxy apply` on an empty host)", secs(applied.wall));
     r.reference = Some((secs(kernel), format!("its {lines} lines restored bare, {} transactions", scripts.len())));
+    drop(scripts);
     let full_text = workload::full_rewrite(&desired);
     let full = if args.services <= args.kube_full_max {
         let ns = Netns::new(&args.backend)?;
@@ -240,6 +245,7 @@ fn bench(args: &Args, bin_dir: &std::path::Path) -> Result<Vec<Row>> {
     } else {
         Some((Cell::Text(format!("not run above {} services (--kube-full-max)", args.kube_full_max)), String::new()))
     };
+    drop(full_text);
     r.kube = full.as_ref().map(|(c, w)| (clone_cell(c), w.clone()));
     rows.push(r);
     rows.push(row("  peak RSS of `iptproxy apply`", mib(applied.peak_kib)));
@@ -267,42 +273,43 @@ fn bench(args: &Args, bin_dir: &std::path::Path) -> Result<Vec<Row>> {
     r.reference = save_took.map(|t| (secs(t), "`iptables-save` alone".to_string()));
     rows.push(r);
     rows.push(row("  peak RSS of `iptproxy plan`", mib(planned.peak_kib)));
+    rows.push(row(&format!("  own CPU: load the config ({} files)", work.files()), secs(loading)));
     if let Some(text) = &saved {
         let t = Instant::now();
-        let live = save::parse(Family::Ipv4, text)?;
-        let parse = t.elapsed();
-        let t = Instant::now();
-        let again = render::render(&cfg);
-        let rendering = t.elapsed();
-        let t = Instant::now();
-        let p = plan::plan(&again, &Ruleset { tables: live });
-        let diff = t.elapsed();
-        rows.push(row(&format!("  own CPU: parse {} lines", text.lines().count()), secs(parse)));
-        rows.push(row("  own CPU: render", secs(rendering)));
-        rows.push(row(&format!("  own CPU: diff ({} chains to change)", count_chains(&p)), secs(diff)));
+        let found = compare_text(&cfg, text)?;
+        let comparing = t.elapsed();
+        let changes = count_chains(&edits::to_plan(&found));
+        let what = format!(
+            "  own CPU: compare {} lines as they stream (parse, render each chain, diff; {changes} chains to change)",
+            text.lines().count()
+        );
+        rows.push(row(&what, secs(comparing)));
     }
+    drop(saved);
+    drop(desired);
 
-    // One endpoint added, in process: load, render, plan against the record, restore.
+    // One endpoint added, in process: load, plan from the previous config, restore.
     let before_edit = load();
     let t = Instant::now();
     work.add_endpoint(args.services / 2, NEW_ENDPOINT)?;
     let cfg2 = config::load_dir(work.dir()).map_err(|e| anyhow::anyhow!("edited config is invalid: {e}"))?;
-    let desired2 = render::render(&cfg2);
-    let edit = plan::plan_from_record(&desired2, &desired);
+    let edit = incremental::between(&cfg, &cfg2).context("the edit changed the settings")?;
     let runner = NsRunner(&ours, backend);
-    iptproxy::apply::plan(&runner, &edit, backend.max_lines())?;
+    apply::edits(&runner, &edit, backend.max_lines())?;
     let in_process = t.elapsed();
-    let sep = new_sep_chain(&edit).context("the edit creates no endpoint chain")?;
+    let edit_plan = edits::to_plan(&edit);
+    let sep = new_sep_chain(&edit_plan).context("the edit creates no endpoint chain")?;
     if !ours.chain_has("nat", &sep, NEW_ENDPOINT) {
         bail!("the edit's rule is not in the kernel");
     }
-    let edit_lines: usize = restore::scripts(&edit, backend.max_lines())?.iter().map(|s| s.text.lines().count()).sum();
+    let edit_scripts = apply::scripts(&edit, backend.max_lines())?;
+    let edit_lines: usize = edit_scripts.iter().map(|s| s.text.lines().count()).sum();
     let mut bare_edit = Duration::ZERO;
-    for s in restore::scripts(&edit, backend.max_lines())? {
+    for s in &edit_scripts {
         bare_edit += bare.restore(&s.text)?;
     }
-    let kube_edit = bare.restore(&workload::partial_rewrite(&desired2, &edit))?;
-    let mut r = row("one-endpoint edit, in process (load, render, plan vs record, restore)", secs(in_process));
+    let kube_edit = bare.restore(&workload::partial_rewrite(&render::render(&cfg2), &edit_plan))?;
+    let mut r = row("one-endpoint edit, in process (load, plan from the previous config, restore)", secs(in_process));
     r.reference = Some((secs(bare_edit), format!("its {edit_lines} lines restored bare")));
     r.kube = Some((secs(kube_edit), "services chain + changed chains rewritten".into()));
     rows.push(r);
@@ -310,7 +317,7 @@ fn bench(args: &Args, bin_dir: &std::path::Path) -> Result<Vec<Row>> {
 
     // The running daemon: the edit from the file's rename to the rule in the kernel, a
     // no-op resync, its peak memory.
-    let svc = service_chain(&desired, args.services / 3 + 1).context("no service chain to edit")?;
+    let svc = service_chain(&cfg2, args.services / 3 + 1).context("no service chain to edit")?;
     rows.extend(daemon::rows(&ours, bin_dir, &work, (args.services / 3 + 1, svc), bare_edit));
 
     // A resync that finds nothing to do.
@@ -328,6 +335,22 @@ fn bench(args: &Args, bin_dir: &std::path::Path) -> Result<Vec<Row>> {
     }
     rows.push(r);
     Ok(rows)
+}
+
+/// Compares `text`, IPv4 `iptables-save` output, with `cfg`, as `iptproxy plan` does while
+/// the tool streams (empty text: a first sync).
+fn compare_text<'a>(cfg: &'a config::Config, text: &str) -> Result<Vec<TableEdits<'a>>> {
+    let mut found = Vec::new();
+    for family in Family::ALL {
+        let mut c = Comparer::new(cfg, family);
+        if family == Family::Ipv4 {
+            for line in text.lines() {
+                c.line(line)?;
+            }
+        }
+        found.extend(c.finish()?);
+    }
+    Ok(found)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -369,14 +392,11 @@ fn new_sep_chain(p: &plan::Plan) -> Option<String> {
     p.tables.iter().flat_map(|t| &t.chains).find(|c| c.action == plan::Action::Create).map(|c| c.chain.clone())
 }
 
-/// The load-balancing chain of service number `i`, found by its rules' comment.
-fn service_chain(desired: &Ruleset, i: usize) -> Option<String> {
-    let id = format!("svc-{i:05}:");
-    let nat = desired.tables.iter().find(|t| t.name == "nat")?;
-    nat.chains
-        .iter()
-        .find(|(name, c)| name.starts_with("IPTPROXY-SVC-") && c.specs().any(|r| r.contains(&id)))
-        .map(|(name, _)| name.clone())
+/// The load-balancing chain of service number `i`.
+fn service_chain(cfg: &config::Config, i: usize) -> Option<String> {
+    let name = format!("svc-{i:05}");
+    let s = cfg.services.iter().find(|s| s.name == name)?;
+    Some(iptproxy::chains::service_chain("SVC", s))
 }
 
 fn log_load(what: &str, before: &str) {
