@@ -153,7 +153,7 @@ fn start_reads_the_live_rules_applies_and_records() {
 fn a_file_change_is_planned_against_the_record_without_reading_the_rules() {
     let mut s = Setup::start(&[("web.toml", WEB)]);
     s.write("web.toml", &WEB.replace("198.19.0.2:8080", "198.19.0.3:8080"));
-    assert_eq!(s.advance(), watch::QUIET, "the reload waits for the files to settle");
+    assert_eq!(s.advance(), watch::QUIET_REPLACED, "the reload waits for the files to settle");
     assert_eq!(s.saves(), 2, "no iptables-save for a file change");
     let restores = s.restores();
     assert_eq!(restores.len(), 3);
@@ -171,7 +171,7 @@ fn a_burst_of_changes_is_one_reload_and_an_unchanged_result_applies_nothing() {
             &format!("svc{i}.toml"),
             &WEB.replace("\"web\"", &format!("\"s{i}\"")).replace("0.10", &format!("0.{i}")),
         );
-        s.now += watch::QUIET / 2;
+        s.now += watch::QUIET_REPLACED / 2;
         s.daemon.tick(s.now);
     }
     assert_eq!(s.restores().len(), 2, "nothing before the burst settles");

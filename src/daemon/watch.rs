@@ -6,6 +6,12 @@
 //! a `..data` symlink that is replaced atomically. Raw events go to the daemon's loop, which
 //! waits for them to settle ([`Settle`]) before it reloads: one reload per burst, and
 //! never while a config file is still open for writing.
+//!
+//! A file renamed into place (an editor's or a config manager's save, a ConfigMap swap) or
+//! removed is complete by construction: there is nothing half-written to wait for, only
+//! the rest of a burst, so such changes settle after [`QUIET_REPLACED`]. A file written in
+//! place may still be growing when its last event arrives, so anything else waits
+//! [`QUIET`].
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -19,6 +25,10 @@ use crate::config;
 /// How long the directory must be quiet before a reload: longer than the gap between the
 /// writes of one save or one ConfigMap swap, short enough to feel immediate.
 pub const QUIET: Duration = Duration::from_millis(200);
+/// The same when every change was a rename into place or a removal: long enough to take in
+/// a burst of renames done back to back (a deployment tool, `rsync`), short next to the
+/// cost of the apply that follows.
+pub const QUIET_REPLACED: Duration = Duration::from_millis(50);
 /// A stream of changes that never pauses is still reloaded this often.
 pub const MAX_DELAY: Duration = Duration::from_secs(2);
 
@@ -40,6 +50,8 @@ pub fn watch(
 pub enum Change {
     /// A config file (or the `..data` link) appeared or changed.
     Changed(PathBuf),
+    /// A config file (or the `..data` link) was renamed into place: complete.
+    Replaced(PathBuf),
     /// A config file went away (removed or renamed away).
     Gone(PathBuf),
     /// A config file is being written.
@@ -62,6 +74,7 @@ pub fn classify(event: &Event) -> Vec<Change> {
     let change: fn(PathBuf) -> Change = match event.kind {
         EventKind::Create(_) => Change::Changed,
         EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => Change::Gone,
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Change::Replaced,
         // `Both` repeats a `From` and a `To` already reported on their own.
         EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => return Vec::new(),
         EventKind::Modify(ModifyKind::Data(_)) => Change::Writing,
@@ -72,13 +85,16 @@ pub fn classify(event: &Event) -> Vec<Change> {
     event.paths.iter().filter(relevant).cloned().map(change).collect()
 }
 
-/// Collects changes until they settle: [`QUIET`] after the last one, at most [`MAX_DELAY`]
-/// after the first, and not while a config file is open for writing (a half-written file
-/// can be valid TOML that lacks half its services).
+/// Collects changes until they settle: [`QUIET`] after the last one ([`QUIET_REPLACED`]
+/// when each was a file renamed into place or removed), at most [`MAX_DELAY`] after the
+/// first, and not while a config file is open for writing (a half-written file can be
+/// valid TOML that lacks half its services).
 #[derive(Debug, Default)]
 pub struct Settle {
     first: Option<Instant>,
     last: Option<Instant>,
+    /// Whether a pending change may have left a file incomplete.
+    partial: bool,
     writing: BTreeSet<PathBuf>,
 }
 
@@ -93,8 +109,9 @@ impl Settle {
             }
             // Lost events may have included the close.
             Change::Rescan => self.writing.clear(),
-            Change::Changed(_) => {}
+            Change::Changed(_) | Change::Replaced(_) => {}
         }
+        self.partial |= !matches!(change, Change::Replaced(_) | Change::Gone(_));
         self.first.get_or_insert(now);
         self.last = Some(now);
     }
@@ -104,7 +121,8 @@ impl Settle {
         if !self.writing.is_empty() {
             return None;
         }
-        Some((self.last? + QUIET).min(self.first? + MAX_DELAY))
+        let quiet = if self.partial { QUIET } else { QUIET_REPLACED };
+        Some((self.last? + quiet).min(self.first? + MAX_DELAY))
     }
 
     /// Config files open for writing, which hold the reload back.
@@ -116,6 +134,7 @@ impl Settle {
     pub fn reset(&mut self) {
         self.first = None;
         self.last = None;
+        self.partial = false;
     }
 }
 
@@ -147,9 +166,9 @@ mod tests {
     fn an_editor_rename_over_the_file_is_a_change() {
         let to = EventKind::Modify(ModifyKind::Name(RenameMode::To));
         let from = EventKind::Modify(ModifyKind::Name(RenameMode::From));
-        assert_eq!(classify(&event(to, "web.toml")), [Change::Changed(path("web.toml"))]);
+        assert_eq!(classify(&event(to, "web.toml")), [Change::Replaced(path("web.toml"))]);
         assert_eq!(classify(&event(from, "web.toml")), [Change::Gone(path("web.toml"))]);
-        assert_eq!(classify(&event(to, "..data")), [Change::Changed(path("..data"))]);
+        assert_eq!(classify(&event(to, "..data")), [Change::Replaced(path("..data"))]);
         let both = Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
             .add_path(path(".web.toml.tmp"))
             .add_path(path("web.toml"));
@@ -199,6 +218,24 @@ mod tests {
         assert_eq!(s.due(), Some(t0 + MAX_DELAY), "a never-ending stream still reloads");
         s.reset();
         assert_eq!(s.due(), None);
+    }
+
+    #[test]
+    fn files_renamed_into_place_or_removed_settle_sooner_than_files_written() {
+        let t0 = Instant::now();
+        let mut s = Settle::default();
+        s.note(Change::Replaced(path("a.toml")), t0);
+        assert_eq!(s.due(), Some(t0 + QUIET_REPLACED));
+        let t1 = t0 + QUIET_REPLACED / 2;
+        s.note(Change::Gone(path("b.toml")), t1);
+        assert_eq!(s.due(), Some(t1 + QUIET_REPLACED), "a burst of renames is still one reload");
+        s.note(Change::Changed(path("c.toml")), t1);
+        assert_eq!(s.due(), Some(t1 + QUIET), "a file created or changed in place may be incomplete");
+        s.reset();
+        s.note(Change::Replaced(path("a.toml")), t1);
+        assert_eq!(s.due(), Some(t1 + QUIET_REPLACED), "forgotten once reloaded");
+        s.note(Change::Closed(path("a.toml")), t1);
+        assert_eq!(s.due(), Some(t1 + QUIET));
     }
 
     #[test]

@@ -116,7 +116,15 @@ fn a_burst_of_writes_gives_one_reload_and_dotfiles_and_temporaries_none() {
             std::fs::write(b.path(name), "this is not toml [").unwrap();
         }
         // A burst: ten files written as hidden temporaries (ignored), then renamed in place
-        // back to back, as a deployment tool would.
+        // back to back, as a deployment tool would. How close together renames must come
+        // to be one reload is the settle's business (its unit tests, on a clock they move);
+        // here a file held open for writing keeps the reload back until the burst is done,
+        // so the count does not depend on how this machine schedules the loop.
+        use std::io::Write;
+        let mut held = std::fs::File::create(b.path("held.toml")).unwrap();
+        held.write_all(b"# held open while the burst lands\n").unwrap();
+        held.flush().unwrap();
+        d.wait_log("to be closed before reloading", 1);
         for i in 0..10 {
             let svc =
                 WEB.replace("\"web\"", &format!("\"burst-{i}\"")).replace("198.18.0.10", &format!("198.18.1.{i}"));
@@ -125,6 +133,7 @@ fn a_burst_of_writes_gives_one_reload_and_dotfiles_and_temporaries_none() {
         for i in 0..10 {
             std::fs::rename(b.path(&format!(".burst-{i}.tmp")), b.path(&format!("burst-{i}.toml"))).unwrap();
         }
+        drop(held);
         d.wait_log("files changed: Applied", 1);
         assert!(in_sync(&b), "{backend}");
         // A later, separate change marks the end of anything the burst could still cause.
