@@ -188,14 +188,19 @@ fn check(global: &Global) -> Result<u8> {
     };
     let v6 = config.services.iter().filter(|s| s.family() == Family::Ipv6).count();
     println!(
-        "Configuration OK: {} services ({} IPv4, {v6} IPv6), {} endpoints, in {} files under {}.",
-        config.services.len(),
+        "Configuration OK: {} ({} IPv4, {v6} IPv6), {}, in {} under {}.",
+        count(config.services.len(), "service"),
         config.services.len() - v6,
-        config.endpoint_count(),
-        config.files.len(),
+        count(config.endpoint_count(), "endpoint"),
+        count(config.files.len(), "file"),
         global.config_dir.display()
     );
     Ok(0)
+}
+
+/// `1 service`, `3 services`.
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 fn render_cmd(global: &Global, family: FamilyArg) -> Result<u8> {

@@ -205,8 +205,12 @@ impl<'a> Own<'a> {
         if let Some(target) = masq_target {
             rules.push(format!("{} -j {target}", comment(&format!("{} masquerade", s.id()))));
         }
+        // Endpoints go from the last listed to the first: a cascade rule's probability
+        // depends only on the endpoints after it, so an endpoint appended to the list (the
+        // usual edit) is one rule inserted at the top, and no other rule changes.
+        let active: Vec<&Sep> = active.iter().rev().collect();
         if let Some(seconds) = s.affinity_seconds {
-            for Sep { name: sep, comment: c, .. } in active {
+            for Sep { name: sep, comment: c, .. } in &active {
                 rules.push(format!(
                     "{c} -m recent --rcheck --seconds {seconds} --reap --name {sep} --mask {} --rsource -j {sep}",
                     self.f.recent_mask()

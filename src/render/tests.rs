@@ -56,11 +56,18 @@ fn cascade_shares_follow_weights() {
     let r = render(&c);
     let svc = rules(&r, Family::Ipv4, "nat", &svc_chain(&c, 0));
     assert_eq!(svc.len(), 4, "the drained endpoint gets no rule: {svc:#?}");
-    let expected = [1.0 / 6.0, 3.0 / 6.0, 1.0 / 6.0, 1.0 / 6.0];
-    for (got, want) in shares(&svc).iter().zip(expected) {
-        assert!((got - want).abs() < 1e-8, "{got} vs {want}");
+    let weight = |rule: &str| match rule.split(" -> ").nth(1).and_then(|r| r.split(':').next()) {
+        Some("198.19.0.1") => 1.0,
+        Some("198.19.0.2") => 3.0,
+        Some("198.19.0.4" | "198.19.0.5") => 1.0,
+        other => panic!("no such endpoint: {other:?}"),
+    };
+    for (rule, got) in svc.iter().zip(shares(&svc)) {
+        let want = weight(rule) / 6.0;
+        assert!((got - want).abs() < 1e-8, "{got} vs {want}: {rule}");
     }
-    assert!(!svc[3].contains("statistic"), "the last endpoint takes what is left");
+    assert!(!svc[3].contains("statistic"), "the last rule takes what is left");
+    assert!(svc[0].contains("198.19.0.5:80"), "the last endpoint listed comes first: {svc:#?}");
     let seps = r.table(Family::Ipv4, "nat").unwrap().chains.keys().filter(|k| k.contains("-SEP-")).count();
     assert_eq!(seps, 4);
 }
@@ -169,4 +176,16 @@ proptest::proptest! {
         }
         proptest::prop_assert_eq!(whole, Ruleset { tables: assembled });
     }
+}
+
+#[test]
+fn an_endpoint_appended_to_the_list_is_one_rule_inserted_at_the_top() {
+    let eps = |n: usize| (1..=n).map(|i| format!("'198.19.0.{i}:80'")).collect::<Vec<_>>().join(",");
+    let before = config(&format!("[[service]]\nname='a'\nvip='198.18.0.1'\nport=80\nendpoints=[{}]\n", eps(10)));
+    let after = config(&format!("[[service]]\nname='a'\nvip='198.18.0.1'\nport=80\nendpoints=[{}]\n", eps(11)));
+    let (b, a) = (render(&before), render(&after));
+    let chain = svc_chain(&before, 0);
+    let (old, new) = (rules(&b, Family::Ipv4, "nat", &chain), rules(&a, Family::Ipv4, "nat", &chain));
+    assert_eq!(new.len(), old.len() + 1);
+    assert_eq!(&new[1..], &old[..], "every other rule stays as it was");
 }

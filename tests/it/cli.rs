@@ -19,7 +19,7 @@ fn check_needs_neither_root_nor_iptables() {
     let run = run_plain("iptproxy", &["-c", d, "check"], &[("PATH", "/nonexistent")]).ok();
     assert_eq!(
         run.stdout,
-        format!("Configuration OK: 7 services (4 IPv4, 3 IPv6), 10 endpoints, in 1 files under {d}.\n")
+        format!("Configuration OK: 7 services (4 IPv4, 3 IPv6), 10 endpoints, in 1 file under {d}.\n")
     );
 }
 
@@ -27,7 +27,7 @@ fn check_needs_neither_root_nor_iptables() {
 fn check_reads_the_config_dir_from_the_environment() {
     let dir = dir_with(&[("a.toml", "[[service]]\nname='a'\nvip='198.18.0.1'\nport=1\n")]);
     let run = run_plain("iptproxy", &["check"], &[("IPTPROXY_CONFIG_DIR", dir.path().to_str().unwrap())]).ok();
-    assert!(run.stdout.starts_with("Configuration OK: 1 services"), "{}", run.stdout);
+    assert!(run.stdout.starts_with("Configuration OK: 1 service ("), "{}", run.stdout);
 }
 
 #[test]

@@ -22,7 +22,7 @@ fn plan_after_apply_is_empty_for_every_feature() {
         for needle in [
             "-j DNAT --to-destination 198.19.0.4:8080",
             "-m sctp --dport 3868 -j IPTPROXY-SVC-",
-            "--probability 0.25000000000",
+            "--probability 0.75000000000",
         ] {
             assert!(v4.contains(needle), "{backend}: {needle} not in\n{v4}");
         }

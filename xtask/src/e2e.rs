@@ -143,7 +143,7 @@ fn steps(c: &Container, without_daemon: bool, not_run: &mut Vec<&'static str>) -
         // reload) can change the rules during the test.
         c.sh(r#"sed -i 's/^\[settings\]$/[settings]\nresync_interval = "1d"/' /etc/iptproxy/web.toml"#)?;
         let check = c.sh("iptproxy check")?;
-        ensure!(check.starts_with("Configuration OK: 1 services"), "{check}");
+        ensure!(check.starts_with("Configuration OK: 1 service "), "{check}");
         let plan = c.run("iptproxy plan --detailed-exitcode");
         let text = String::from_utf8_lossy(&plan.stdout);
         expect_eq(&plan.status.code(), &Some(2), "plan --detailed-exitcode before the first apply")?;
