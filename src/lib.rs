@@ -1,9 +1,11 @@
 //! iptproxy: keeps the kernel's iptables rules equal to the services described in TOML files,
 //! with the smallest change each time.
 //!
-//! The flow: [`config`] -> [`render`] -> desired [`ruleset`]; [`save`] parses the live one;
-//! [`plan`] diffs them; [`restore`] writes the `iptables-restore` input; [`exec`] runs
-//! iptables ([`backend`] picks which); [`reconcile`] strings one pass together; [`report`]
+//! The flow: [`config`] -> [`render`] -> desired [`ruleset`]; [`save`] parses the live one
+//! and [`compare`] diffs it with the config as it streams; [`plan`] diffs two rulesets and
+//! [`incremental`] two configs; [`edits`] orders the changes safely; [`restore`] writes the
+//! `iptables-restore` input and [`apply`] runs it in bounded transactions through [`exec`]
+//! ([`backend`] picks which iptables); [`reconcile`] strings one pass together; [`report`]
 //! shows a plan; [`confirm`] rolls back an apply nobody confirmed; [`cli`] is the command
 //! line. [`daemon`] is `iptproxyd`, which keeps the rules equal to the files; [`status`]
 //! shows what it did and the traffic per service.
