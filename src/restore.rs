@@ -64,7 +64,7 @@ impl Script {
 
 /// The transactions that carry out `plan`, at most about `max_lines` lines each (a single
 /// chain's edits are never split, so a block can be longer). Refuses the whole plan when
-/// any line is unsafe (see [`line`]).
+/// any line is unsafe (see [`mod@line`]).
 pub fn scripts(plan: &Plan, max_lines: usize) -> Result<Vec<Script>, ScriptError> {
     let mut out = Vec::new();
     for table in &plan.tables {
@@ -127,7 +127,7 @@ impl Unit {
         self.lines.len() + usize::from(self.decl.is_some())
     }
 
-    /// Refuses a unit with an unsafe chain name or line (see [`line`]).
+    /// Refuses a unit with an unsafe chain name or line (see [`mod@line`]).
     pub fn check(&self, family: Family, table: &str) -> Result<(), ScriptError> {
         let refuse = |text: &str, problem| ScriptError {
             family,

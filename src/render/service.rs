@@ -39,7 +39,7 @@ pub fn which_chains(s: &Service) -> Vec<Which> {
     which
 }
 
-/// The name of one of the service's own chains (a hash; see [`chains`]).
+/// The name of one of the service's own chains (a hash; see [`crate::chains`]).
 pub fn chain_name(s: &Service, which: Which) -> String {
     match which {
         Which::Sep(i) => s.endpoints.get(i).map_or_else(String::new, |ep| endpoint_chain(s, ep)),
