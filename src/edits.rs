@@ -61,11 +61,13 @@ impl Services<'_> {
         }
     }
 
-    /// The updates found by reading the live rules, for reading them back after the apply.
-    pub fn updates(&self) -> Box<dyn Iterator<Item = &ChainPlan> + '_> {
+    /// The chains updated, for reading them back after the apply (a changed service's are
+    /// rendered again).
+    pub fn updates(&self) -> Box<dyn Iterator<Item = Cow<'_, ChainPlan>> + '_> {
         match self {
-            Services::Live(m) => Box::new(m.updates()),
-            Services::None | Services::Changed(_) => Box::new(std::iter::empty()),
+            Services::None => Box::new(std::iter::empty()),
+            Services::Live(m) => Box::new(m.updates().map(Cow::Borrowed)),
+            Services::Changed(c) => Box::new(c.groups().flatten()),
         }
     }
 }

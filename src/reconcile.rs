@@ -1,6 +1,8 @@
 //! One reconcile pass, at the edge: read the live rules, plan, apply (see [`apply`]), read
 //! back what another program could have disturbed, and again if it did.
 
+use std::borrow::Cow;
+
 use crate::apply;
 use crate::chains;
 use crate::compare;
@@ -30,6 +32,8 @@ pub enum SyncError {
         chains.join(", ")
     )]
     KeptChanging { chains: Vec<String>, rounds: usize },
+    #[error("{} did not read back as applied: another program changed it since iptproxy last read the rules", chains.join(", "))]
+    NotAsApplied { chains: Vec<String> },
 }
 
 /// A chain of ours that, read back after an apply, is not what the plan made it.
@@ -215,27 +219,31 @@ pub fn verify(runner: &dyn Runner, plan: &Plan) -> Vec<Drift> {
     drifted
 }
 
-/// [`verify`] for edits: the chains they update that were read from the kernel.
+/// [`verify`] for edits: the chains they update by position.
 pub fn verify_edits(runner: &dyn Runner, edits: &[TableEdits]) -> Vec<Drift> {
     let mut drifted = Vec::new();
     for t in edits {
-        let chains = t.first.iter().chain(t.services.updates()).chain(&t.then);
-        verify_chains(runner, t.family, &t.table, chains, &mut drifted);
+        let fixed = t.first.iter().chain(&t.then).map(Cow::Borrowed);
+        verify_chains(runner, t.family, &t.table, fixed.chain(t.services.updates()), &mut drifted);
     }
     drifted
 }
 
-fn verify_chains<'a>(
+fn verify_chains(
     runner: &dyn Runner,
     family: Family,
     table: &str,
-    chains: impl Iterator<Item = &'a ChainPlan>,
+    chains: impl Iterator<Item = impl std::ops::Deref<Target = ChainPlan>>,
     drifted: &mut Vec<Drift>,
 ) {
     for c in chains {
+        let c = &*c;
         let positional =
             c.ops.iter().any(|op| matches!(op, Op::Insert { .. } | Op::Replace { .. } | Op::Delete { .. }));
-        if c.action != Action::Update || !chains::is_ours(&c.chain) || !positional {
+        // A shared chain spliced from the record (see `incremental`) is never rendered
+        // whole: it has edits but neither a before nor an after to compare with.
+        let whole = !(c.before.is_empty() && c.after.is_empty());
+        if c.action != Action::Update || !chains::is_ours(&c.chain) || !positional || !whole {
             continue;
         }
         let drift = |error| Drift { family, table: table.to_string(), chain: c.chain.clone(), error };

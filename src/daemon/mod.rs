@@ -8,10 +8,12 @@
 //! Between full resyncs, a file change is planned against the record of what was last
 //! applied (no `iptables-save`), so it costs only the change. The record is the config
 //! itself, not its rules: only the services that changed are rendered (see
-//! [`crate::incremental`]). A full resync reads the live rules, comparing them as they
-//! stream (see [`crate::compare`]): at start, on SIGHUP, every `resync_interval`, after a
-//! canary hit, on a retry, and for a change of the settings that shape every rule. A
-//! config that fails to load is never applied: the last good one stays in force.
+//! [`crate::incremental`]); the service chains it edits by position are read back, and a
+//! hand edit there that made the change land elsewhere brings a full resync at once. A
+//! full resync reads the live rules, comparing them as they stream (see
+//! [`crate::compare`]): at start, on SIGHUP, every `resync_interval`, after a canary hit,
+//! on a retry, and for a change of the settings that shape every rule. A config that
+//! fails to load is never applied: the last good one stays in force.
 
 pub mod backoff;
 pub mod canary;
@@ -388,9 +390,18 @@ impl Daemon {
         let started = Instant::now();
         let record = self.desired.as_ref().filter(|_| self.synced && !full);
         // `None` when the change reaches every rule (settings): then the live rules are read.
-        let by_record = record
-            .and_then(|old| incremental::between(old, &target))
-            .map(|edits| apply::edits(&*self.runner, &edits, self.runner.max_lines()));
+        let by_record = record.and_then(|old| incremental::between(old, &target)).map(|edits| {
+            let summary = apply::edits(&*self.runner, &edits, self.runner.max_lines())?;
+            // The positions came from the record, not the kernel: in a chain of ours edited
+            // by hand since, they landed on other rules. Reading back the chains edited by
+            // position (`iptables -S CHAIN`, a few ms each at any size) tells.
+            let drifted = reconcile::verify_edits(&*self.runner, &edits);
+            if drifted.is_empty() {
+                Ok(summary)
+            } else {
+                Err(SyncError::NotAsApplied { chains: drifted.iter().map(ToString::to_string).collect() })
+            }
+        });
         let result = match by_record {
             Some(Ok(summary)) => Ok(summary),
             Some(Err(e)) => {

@@ -3,6 +3,7 @@
 //! integration tests (`tests/it/daemon`).
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -22,6 +23,54 @@ struct Kernel {
     failing: usize,
     /// How canaries answer: `None` means intact.
     canary: Option<Result<Option<Vec<String>>, ()>>,
+    /// The other chains, (table, chain) to rules, as the restores left them (the full syncs
+    /// create them: the live rules they read are empty).
+    chains: BTreeMap<(String, String), Vec<String>>,
+    /// The chains read back with `list_chain`.
+    listed: Vec<String>,
+}
+
+impl Kernel {
+    /// Carries out `iptables-restore --noflush` input, the commands iptproxy writes.
+    fn carry_out(&mut self, input: &str) {
+        let mut table = String::new();
+        for line in input.lines() {
+            if let Some(t) = line.strip_prefix('*') {
+                table = t.to_string();
+            } else if let Some(declared) = line.strip_prefix(':') {
+                // Declaring a chain that exists flushes it.
+                let name = declared.split(' ').next().unwrap_or_default();
+                self.chains.insert((table.clone(), name.to_string()), Vec::new());
+            } else if let [verb, chain, rest] = line.splitn(3, ' ').collect::<Vec<_>>()[..] {
+                let rules = self.chains.entry((table.clone(), chain.to_string())).or_default();
+                let (at, spec) = match rest.split_once(' ') {
+                    Some((n, spec)) if n.parse::<usize>().is_ok() => (n.parse::<usize>().unwrap() - 1, spec),
+                    _ => (usize::MAX, rest),
+                };
+                match (verb, at) {
+                    ("-A", _) => rules.push(rest.to_string()),
+                    ("-I", usize::MAX) => rules.insert(0, spec.to_string()),
+                    ("-I", at) => rules.insert(at, spec.to_string()),
+                    ("-R", at) => rules[at] = spec.to_string(),
+                    ("-D", usize::MAX) => rules.retain(|r| r != spec),
+                    _ => panic!("not a command iptproxy writes: {line}"),
+                }
+            } else if let [verb, chain] = line.splitn(2, ' ').collect::<Vec<_>>()[..] {
+                let key = (table.clone(), chain.to_string());
+                match verb {
+                    "-F" => self.chains.entry(key).or_default().clear(),
+                    "-X" => drop(self.chains.remove(&key)),
+                    _ => panic!("not a command iptproxy writes: {line}"),
+                }
+            }
+        }
+    }
+
+    /// The name of the one chain of `table` whose name starts with `prefix`.
+    fn chain(&self, table: &str, prefix: &str) -> String {
+        let mut names = self.chains.keys().filter(|(t, c)| t == table && c.starts_with(prefix));
+        names.next().map(|(_, c)| c.clone()).unwrap()
+    }
 }
 
 struct Fake(Rc<RefCell<Kernel>>);
@@ -40,11 +89,17 @@ impl Runner for Fake {
             return Err(ExecError::Failed { program: "iptables-restore".into(), status: "4".into(), stderr: error });
         }
         k.restores.push(input.to_string());
+        k.carry_out(input);
         Ok(())
     }
 
-    fn list_chain(&self, _: Family, _: &str, _: &str) -> Result<Option<Vec<String>>, ExecError> {
-        match &self.0.borrow().canary {
+    fn list_chain(&self, _: Family, table: &str, chain: &str) -> Result<Option<Vec<String>>, ExecError> {
+        let mut k = self.0.borrow_mut();
+        if chain != crate::chains::CANARY {
+            k.listed.push(chain.to_string());
+            return Ok(k.chains.get(&(table.to_string(), chain.to_string())).cloned());
+        }
+        match &k.canary {
             None => Ok(Some(vec![crate::chains::CANARY_RULE.to_string()])),
             Some(Ok(answer)) => Ok(answer.clone()),
             Some(Err(())) => Err(ExecError::NotFound { program: "iptables".into() }),
@@ -161,6 +216,22 @@ fn a_file_change_is_planned_against_the_record_without_reading_the_rules() {
     assert!(change.contains("--to-destination 198.19.0.3:8080"), "{change}");
     assert!(!change.contains("CANARY") && !change.contains("MARK-MASQ -j MARK"), "only the change:\n{change}");
     assert_eq!(s.daemon.state().last_apply.as_ref().map(|a| a.reason.as_str()), Some("files changed"));
+    let svc = s.kernel.borrow().chain("nat", "IPTPROXY-SVC-");
+    assert_eq!(s.kernel.borrow().listed, [svc], "the chain edited by position was read back");
+}
+
+#[test]
+fn a_chain_of_ours_edited_by_hand_is_caught_by_the_read_back_and_repaired() {
+    let mut s = Setup::start(&[("web.toml", WEB)]);
+    let svc = s.kernel.borrow().chain("nat", "IPTPROXY-SVC-");
+    s.kernel.borrow_mut().chains.entry(("nat".into(), svc)).or_default().insert(0, "-j RETURN".into());
+    s.write("web.toml", &WEB.replace("198.19.0.2", "198.19.0.3"));
+    s.advance();
+    // The change, planned from the record, replaced the hand-made rule instead of ours.
+    assert_eq!(s.saves(), 4, "the read-back saw it: the live rules were read");
+    let state = s.daemon.state();
+    assert!(state.in_sync && state.apply_error.is_none(), "{state:?}");
+    assert!(s.last_sync_holds("198.19.0.3:8080"));
 }
 
 #[test]

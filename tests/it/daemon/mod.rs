@@ -293,6 +293,27 @@ fn a_hand_deleted_rule_is_repaired_at_the_next_resync() {
 }
 
 #[test]
+fn a_file_change_over_a_hand_edited_chain_is_read_back_and_repaired_at_once() {
+    for backend in BACKENDS {
+        let b = bench(backend, "1h", "1h");
+        let mut d = Running::ready(&b);
+        let rules = b.save(false);
+        let jump = rules.lines().find(|l| l.starts_with("-A IPTPROXY-SVC-") && l.contains("web:80/tcp")).unwrap();
+        let chain = jump.split(' ').nth(1).unwrap();
+        // Shifts the positions that the daemon's record of what it applied gives.
+        b.ns.sh(&format!("iptables-{backend} -w -t nat -I {chain} 1 -s 198.18.9.9/32 -j RETURN"));
+
+        // An endpoint appended: one rule inserted at the top, which the kernel accepts.
+        b.file("web.toml", &WEB.replace("198.19.0.3:8080\"", "198.19.0.3:8080\", \"198.19.0.4:8080\""));
+        d.wait_log("files changed: Applied", 1);
+        let log = d.log();
+        assert!(log.contains(&format!("{chain} did not read back as applied")), "{backend}: {log}");
+        assert!(in_sync(&b), "{backend}: {log}");
+        assert!(!b.save(false).contains("198.18.9.9"), "{backend}: the hand-made rule is gone");
+    }
+}
+
+#[test]
 fn sighup_reloads_and_resyncs_between_reloading_and_ready() {
     for backend in BACKENDS {
         let b = bench(backend, "1h", "1h");
