@@ -84,7 +84,15 @@ pub fn scripts(edits: &[TableEdits], max_lines: usize) -> Result<Vec<Script>, Sy
         each_group(t, &mut |units, _| units.iter().try_for_each(|u| u.check(t.family, &t.table)))?;
     }
     for t in edits {
-        // Unlimited: one transaction, as it would be streamed.
+        if max_lines == usize::MAX {
+            // One transaction, exactly as it is streamed.
+            let mut any = false;
+            all_units(t)(&mut |_| any = true);
+            if any {
+                out.push(restore::streamed(t.family, &t.table, &all_units(t)));
+            }
+            continue;
+        }
         let mut transactions = Transactions::new(t.family, &t.table, max_lines)?;
         each_group(t, &mut |units, _| {
             out.extend(transactions.push(units));
@@ -95,15 +103,9 @@ pub fn scripts(edits: &[TableEdits], max_lines: usize) -> Result<Vec<Script>, Sy
     Ok(out)
 }
 
-fn stale_deletions(t: &TableEdits, stale: &mut Vec<conntrack::Stale>) {
-    for c in t.deletions() {
-        conntrack::stale_in(t.family, &t.table, std::iter::once(c.as_ref()), stale);
-    }
-}
-
-/// One table's edits as one transaction, streamed to the tool.
-fn apply_streamed(runner: &dyn Runner, t: &TableEdits, committed: usize) -> Result<(), SyncError> {
-    let units = |sink: &mut dyn FnMut(Unit)| {
+/// A table's units, produced afresh at each call (see [`restore::Units`]).
+fn all_units<'t>(t: &'t TableEdits) -> impl Fn(&mut dyn FnMut(Unit)) + 't {
+    move |sink| {
         let all = each_group(t, &mut |units, _| {
             units.into_iter().for_each(&mut *sink);
             Ok::<(), Infallible>(())
@@ -112,7 +114,18 @@ fn apply_streamed(runner: &dyn Runner, t: &TableEdits, committed: usize) -> Resu
             Ok(()) => {}
             Err(never) => match never {},
         }
-    };
+    }
+}
+
+fn stale_deletions(t: &TableEdits, stale: &mut Vec<conntrack::Stale>) {
+    for c in t.deletions() {
+        conntrack::stale_in(t.family, &t.table, std::iter::once(c.as_ref()), stale);
+    }
+}
+
+/// One table's edits as one transaction, streamed to the tool.
+fn apply_streamed(runner: &dyn Runner, t: &TableEdits, committed: usize) -> Result<(), SyncError> {
+    let units = all_units(t);
     let written = runner.restore_lines(t.family, &mut |out| restore::stream(&t.table, &units, &mut |l, _| out(l)));
     written.map_err(|error| {
         // Written again, up to the line the tool names, to say which it was.

@@ -84,7 +84,7 @@ fn transactions_are_bounded_and_never_split_a_service() {
 }
 
 #[test]
-fn unlimited_transactions_are_streamed_one_a_table_declarations_first() {
+fn unlimited_transactions_are_streamed_one_a_table_declarations_first_in_name_order() {
     let c = config(12);
     let rec = Recorder::default();
     edits(&rec, &first_sync(&c), usize::MAX).expect("applied");
@@ -94,6 +94,8 @@ fn unlimited_transactions_are_streamed_one_a_table_declarations_first() {
     let last_decl = nat.iter().rposition(|l| l.starts_with(':')).expect("declarations");
     let first_rule = nat.iter().position(|l| l.starts_with("-A")).expect("rules");
     assert!(last_decl < first_rule, "every chain declared before any rule");
+    let declared: Vec<&str> = nat.iter().copied().filter(|l| l.starts_with(':')).collect();
+    assert!(declared.len() > 12 && declared.is_sorted(), "in name order, which legacy creates fastest");
     let text: Vec<String> = scripts(&first_sync(&c), usize::MAX).expect("safe").into_iter().map(|s| s.text).collect();
     assert_eq!(*restores, text, "what `plan --script` prints");
     // The same lines as in bounded transactions, once each.
