@@ -41,7 +41,7 @@ use crate::report;
 use backoff::Backoff;
 use state::{Applied, Counts, Failure, Stamped, State, unix};
 use systemd::Systemd;
-use watch::{Change, Settle};
+use watch::{Change, DirWatch, Settle};
 
 /// Passes of read, plan, apply and read-back before another program's writes are an error.
 const SYNC_ROUNDS: usize = 3;
@@ -104,7 +104,7 @@ pub fn run(options: Options) -> Result<(), DaemonError> {
     let (tx, rx) = mpsc::channel();
     let files = tx.clone();
     // Watching starts before the first load, so no change in between goes unseen.
-    let _watcher = watch::watch(&options.config_dir, move |e| {
+    let watcher = DirWatch::new(&options.config_dir, move |e| {
         let _ = files.send(Event::Files(e));
     })
     .map_err(|source| DaemonError::Watch { dir: options.config_dir.clone(), source })?;
@@ -123,6 +123,7 @@ pub fn run(options: Options) -> Result<(), DaemonError> {
     let b = detected.backend;
     let make_runner: MakeRunner = Box::new(move |lock_wait| Box::new(System::new(b, lock_wait)));
     let mut daemon = Daemon::new(options, &b.to_string(), make_runner, Instant::now());
+    daemon.watch = Some((watcher, Instant::now() + watch::DIR_CHECK));
     daemon.start(Instant::now());
     daemon.serve(&rx);
     Ok(())
@@ -152,6 +153,9 @@ pub struct Daemon {
     next_canary: Instant,
     next_resync: Instant,
     next_watchdog: Option<Instant>,
+    /// The watch on the directory, and when to check next that it is still the one at the
+    /// path (see [`DirWatch::renew`]). `None` where events are handed in by hand (tests).
+    watch: Option<(DirWatch, Instant)>,
     systemd: Systemd,
     state: State,
     /// `READY=1` goes out once the rules are in place, or at start when there is no valid
@@ -183,6 +187,7 @@ impl Daemon {
             next_canary: now + secs(settings.canary_interval),
             next_resync: now + secs(settings.resync_interval),
             next_watchdog: systemd.watchdog_interval().map(|i| now + i),
+            watch: None,
             settings,
             desired: None,
             synced: false,
@@ -249,6 +254,7 @@ impl Daemon {
             (guarding && self.synced).then_some(self.next_canary),
             guarding.then_some(self.next_resync),
             self.next_watchdog,
+            self.watch.as_ref().map(|(_, next)| *next),
         ];
         timers.into_iter().flatten().min().unwrap_or(now + Duration::from_secs(60))
     }
@@ -283,6 +289,17 @@ impl Daemon {
 
     /// Runs whatever timers are due.
     pub fn tick(&mut self, now: Instant) {
+        if let Some((watch, next)) = self.watch.as_mut().filter(|(_, next)| *next <= now) {
+            *next = now + watch::DIR_CHECK;
+            match watch.renew() {
+                Ok(false) => {}
+                Ok(true) => {
+                    log::info!("{} was replaced; watching the new one and reading its files", self.dir.display());
+                    self.settle.note(Change::Rescan, now);
+                }
+                Err(e) => log::warn!("watching {} again: {e}; retrying in {:?}", self.dir.display(), watch::DIR_CHECK),
+            }
+        }
         match self.settle.due() {
             Some(due) if due <= now => {
                 self.settle.reset();

@@ -35,14 +35,49 @@ pub const MAX_DELAY: Duration = Duration::from_secs(2);
 /// The name of the symlink a ConfigMap volume swaps to publish a new version.
 const CONFIGMAP_DATA: &str = "..data";
 
-/// Watches `dir` until dropped, handing every event to `send` (on notify's thread).
-pub fn watch(
-    dir: &Path,
-    send: impl Fn(notify::Result<Event>) + Send + 'static,
-) -> notify::Result<notify::RecommendedWatcher> {
-    let mut watcher = notify::recommended_watcher(send)?;
-    watcher.watch(dir, RecursiveMode::NonRecursive)?;
-    Ok(watcher)
+/// How often the daemon checks that the directory it watches is still the one at its path.
+pub const DIR_CHECK: Duration = Duration::from_secs(2);
+
+/// The watch on the config directory. A watch follows the directory itself, not its path:
+/// when the directory is removed and made again, or another is moved into its place (a
+/// config manager replacing it whole), [`DirWatch::renew`] watches the new one.
+pub struct DirWatch {
+    dir: PathBuf,
+    watcher: notify::RecommendedWatcher,
+    /// The (device, inode) of the directory watched; `None` while there is none.
+    watched: Option<(u64, u64)>,
+}
+
+impl DirWatch {
+    /// Watches `dir` until dropped, handing every event to `send` (on notify's thread).
+    pub fn new(dir: &Path, send: impl Fn(notify::Result<Event>) + Send + 'static) -> notify::Result<DirWatch> {
+        let mut watcher = notify::recommended_watcher(send)?;
+        let watched = identity(dir);
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        Ok(DirWatch { dir: dir.to_path_buf(), watcher, watched })
+    }
+
+    /// Watches the directory at the path again if it is not the one watched. `Ok(true)`
+    /// when it did: the files must be read again.
+    pub fn renew(&mut self) -> notify::Result<bool> {
+        let now = identity(&self.dir);
+        if now == self.watched {
+            return Ok(false);
+        }
+        // The old watch is gone with its directory, or follows it elsewhere.
+        let _ = self.watcher.unwatch(&self.dir);
+        self.watched = None;
+        if now.is_some() {
+            self.watcher.watch(&self.dir, RecursiveMode::NonRecursive)?;
+            self.watched = now;
+        }
+        Ok(now.is_some())
+    }
+}
+
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()))
 }
 
 /// What one file event means for the config.

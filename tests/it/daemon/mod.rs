@@ -106,6 +106,40 @@ fn a_configmap_data_symlink_swap_is_applied() {
 }
 
 #[test]
+fn a_config_dir_replaced_or_removed_and_made_again_is_watched_again() {
+    for backend in BACKENDS {
+        let b = bench(backend, "1h", "1h");
+        let mut d = Running::ready(&b);
+        let dir = b.dir.path().to_path_buf();
+        let (new, old) = (dir.with_extension("new"), dir.with_extension("old"));
+        let write_all = |at: &std::path::Path, web: &str| {
+            std::fs::create_dir(at).unwrap();
+            std::fs::write(at.join("settings.toml"), settings("1h", "1h")).unwrap();
+            std::fs::write(at.join("web.toml"), web).unwrap();
+            std::fs::write(at.join("dns.toml"), DNS).unwrap();
+        };
+
+        // A config manager's way: the new version built beside it, then moved into place.
+        write_all(&new, &WEB.replace("198.19.0.3:8080", "198.19.0.4:8080"));
+        std::fs::rename(&dir, &old).unwrap();
+        std::fs::rename(&new, &dir).unwrap();
+        d.wait_log("files changed: Applied", 1);
+        assert!(d.log().contains("was replaced; watching the new one"), "{backend}: {}", d.log());
+        assert!(in_sync(&b) && b.save(false).contains("--to-destination 198.19.0.4:8080"), "{backend}");
+        std::fs::remove_dir_all(&old).unwrap();
+
+        // Removed, then made again: the rules stay meanwhile, the new files are applied.
+        let before = b.save(false);
+        std::fs::remove_dir_all(&dir).unwrap();
+        d.wait_until("the removal seen", |d| d.state()["config_error"].is_object());
+        assert_eq!(b.save(false), before, "{backend}: the last good rules stay");
+        write_all(&dir, &WEB.replace("198.19.0.3:8080", "198.19.0.5:8080"));
+        d.wait_log("files changed: Applied", 2);
+        assert!(in_sync(&b) && b.save(false).contains("--to-destination 198.19.0.5:8080"), "{backend}");
+    }
+}
+
+#[test]
 fn a_burst_of_writes_gives_one_reload_and_dotfiles_and_temporaries_none() {
     for backend in BACKENDS {
         let b = bench(backend, "1h", "1h");
