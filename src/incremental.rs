@@ -139,7 +139,8 @@ fn splice(
     let mut at = 1;
     let mut chain_len: usize = olds.iter().map(|s| len(s)).sum::<usize>() + old_tail.len();
     let mut stretch = |before: &[Rule], after: &[Rule], at: &mut usize, chain_len: &mut usize| {
-        ops.extend(plan::diff_at(&specs(before), &specs(after), *at, *chain_len));
+        let old = specs(before);
+        ops.extend(by_text(&old, *at, plan::diff_at(&old, &specs(after), *at, *chain_len)));
         *chain_len = *chain_len - before.len() + after.len();
         *at += after.len();
     };
@@ -167,6 +168,42 @@ fn splice(
     stretch(old_tail, new_tail, &mut at, &mut chain_len);
     let chain = chain.to_string();
     (!ops.is_empty()).then_some(ChainPlan { chain, action: Action::Update, before: Vec::new(), after: Vec::new(), ops })
+}
+
+/// `ops`, edits of the stretch `before` that stands from position `at`, with deletions and
+/// replacements made by the rule's text. The positions come from the record, not the
+/// kernel: after a hand edit of a shared chain, a deletion by position would remove
+/// another service's rule. A misplaced insertion only changes the order of services'
+/// rules, which no packet sees (each matches its own address and port), and the next
+/// resync puts it right.
+fn by_text(before: &[&str], at: usize, ops: Vec<Op>) -> Vec<Op> {
+    let mut stretch: Vec<&str> = before.to_vec();
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        let i = match &op {
+            Op::Insert { position, .. } | Op::Replace { position, .. } | Op::Delete { position } => {
+                position.checked_sub(at)
+            }
+            Op::Append { .. } | Op::DeleteRule { .. } => None,
+        };
+        match (op, i) {
+            (Op::Delete { .. }, Some(i)) if i < stretch.len() => {
+                out.push(Op::DeleteRule { rule: stretch.remove(i).to_string() });
+            }
+            (Op::Replace { position, rule }, Some(i)) if i < stretch.len() => {
+                out.push(Op::DeleteRule { rule: stretch[i].to_string() });
+                out.push(Op::Insert { position, rule });
+                // The stretch as edited: only its old rules are ever deleted.
+                stretch[i] = "";
+            }
+            (Op::Insert { position, rule }, Some(i)) if i <= stretch.len() => {
+                stretch.insert(i, "");
+                out.push(Op::Insert { position, rule });
+            }
+            (op, _) => out.push(op),
+        }
+    }
+    out
 }
 
 fn specs(rules: &[Rule]) -> Vec<&str> {

@@ -95,3 +95,27 @@ fn a_service_added_in_the_middle_is_spliced_into_the_shared_chains_at_its_place(
     let node_ports = nat.chains.iter().find(|c| c.chain == chains::NODEPORTS).expect("NODEPORTS edited");
     assert!(matches!(node_ports.ops[..], [Op::Insert { position: 6, .. }]), "{:#?}", node_ports.ops);
 }
+
+#[test]
+fn a_service_removed_or_moved_leaves_the_shared_chains_by_text_not_by_position() {
+    let old = many(10, None);
+    let mut new = many(10, None);
+    new.services.remove(4);
+    new.services[5].vip = "198.18.9.9".parse().expect("an address");
+    let plan = edits::to_plan(&between(&old, &new).expect("same settings"));
+    let nat = &plan.tables[0];
+    let services = nat.chains.iter().find(|c| c.chain == chains::SERVICES).expect("SERVICES edited");
+    let positional_deletions = services.ops.iter().filter(|op| matches!(op, Op::Delete { .. } | Op::Replace { .. }));
+    assert_eq!(positional_deletions.count(), 0, "{:#?}", services.ops);
+    let deleted: Vec<&str> = services
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::DeleteRule { rule } => Some(rule.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted.len(), 2, "{deleted:#?}");
+    assert!(deleted[0].contains("s0004:80/tcp") && deleted[1].contains("s0006:80/tcp"), "{deleted:#?}");
+    assert!(services.ops.iter().any(|op| matches!(op, Op::Insert { rule, .. } if rule.contains("198.18.9.9"))));
+}
