@@ -225,11 +225,13 @@ pub fn stream(table: &str, units: &Units<'_>, out: &mut dyn FnMut(&str, Option<&
     out(&format!("*{table}"), None);
     // In name order: iptables-legacy-restore creates chains in name order fastest (the
     // first sync of 5,000 services, 210,000 lines: 2.8 s against 3.6 s in service order).
+    // `:NAME - [0:0]` sorts as its name does.
     let mut declared = Vec::new();
-    units(&mut |unit| declared.extend(unit.decl.as_ref().map(|d| (unit.chain.clone(), d.clone()))));
+    units(&mut |unit| declared.extend(unit.decl.clone()));
     declared.sort_unstable();
-    for (chain, decl) in &declared {
-        out(decl, Some(chain));
+    for decl in &declared {
+        let chain = decl.trim_start_matches(':').split(' ').next();
+        out(decl, chain);
     }
     drop(declared);
     units(&mut |unit| {
