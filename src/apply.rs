@@ -28,20 +28,7 @@ pub fn plan(runner: &dyn Runner, plan: &Plan, max_lines: usize) -> Result<(), Sy
 /// `max_lines` is unlimited (legacy, which replaces the whole table at every commit), each
 /// table is one transaction, written to `iptables-restore` as it is produced.
 pub fn edits(runner: &dyn Runner, edits: &[TableEdits], max_lines: usize) -> Result<Summary, SyncError> {
-    let mut summary = Summary::default();
-    let mut busy = Vec::with_capacity(edits.len());
-    for t in edits {
-        let mut any = false;
-        each_group(t, &mut |units, chains| {
-            for unit in &units {
-                unit.check(t.family, &t.table)?;
-            }
-            chains.iter().for_each(|c| summary.add(c));
-            any = true;
-            Ok::<(), SyncError>(())
-        })?;
-        busy.push(any);
-    }
+    let (summary, busy) = check(edits)?;
     let mut committed = 0;
     for t in edits.iter().zip(busy).filter_map(|(t, busy)| busy.then_some(t)) {
         if max_lines == usize::MAX {
@@ -80,15 +67,11 @@ pub fn edits(runner: &dyn Runner, edits: &[TableEdits], max_lines: usize) -> Res
 /// The transactions [`edits`] would run, as text: what `iptproxy plan --script` prints.
 pub fn scripts(edits: &[TableEdits], max_lines: usize) -> Result<Vec<Script>, SyncError> {
     let mut out = Vec::new();
-    for t in edits {
-        each_group(t, &mut |units, _| units.iter().try_for_each(|u| u.check(t.family, &t.table)))?;
-    }
-    for t in edits {
+    let (_, busy) = check(edits)?;
+    for (t, busy) in edits.iter().zip(busy) {
         if max_lines == usize::MAX {
             // One transaction, exactly as it is streamed.
-            let mut any = false;
-            all_units(t)(&mut |_| any = true);
-            if any {
+            if busy {
                 out.push(restore::streamed(t.family, &t.table, &all_units(t)));
             }
             continue;
@@ -101,6 +84,26 @@ pub fn scripts(edits: &[TableEdits], max_lines: usize) -> Result<Vec<Script>, Sy
         out.extend(transactions.finish());
     }
     Ok(out)
+}
+
+/// Checks every line of `edits` (see [`Unit::check`]) before any is written; returns what
+/// they change and, for each table, whether it has anything to write.
+fn check(edits: &[TableEdits]) -> Result<(Summary, Vec<bool>), SyncError> {
+    let mut summary = Summary::default();
+    let mut busy = Vec::with_capacity(edits.len());
+    for t in edits {
+        let mut any = false;
+        each_group(t, &mut |units, chains| {
+            for unit in &units {
+                unit.check(t.family, &t.table)?;
+            }
+            chains.iter().for_each(|c| summary.add(c));
+            any = true;
+            Ok::<(), SyncError>(())
+        })?;
+        busy.push(any);
+    }
+    Ok((summary, busy))
 }
 
 /// A table's units, produced afresh at each call (see [`restore::Units`]).

@@ -15,7 +15,7 @@ use crate::config::{Config, Service, Settings};
 use crate::edits::{Services, TableEdits};
 use crate::exec::Runner;
 use crate::plan::{self, ChainPlan};
-use crate::reconcile::SyncError;
+use crate::reconcile::{self, SyncError};
 use crate::render::{self, Frame, Which, service};
 use crate::ruleset::Family;
 use crate::save::{Lexer, Line, SaveError};
@@ -24,33 +24,13 @@ use crate::save::{Lexer, Line, SaveError};
 /// be read is an error only when the config has services in it; otherwise (no ip6tables,
 /// IPv6 disabled) it is skipped with a warning.
 pub fn read<'a>(runner: &dyn Runner, config: &'a Config) -> Result<Vec<TableEdits<'a>>, SyncError> {
-    let mut edits = Vec::new();
-    for family in Family::ALL {
-        let needed = config.services.iter().any(|s| s.family() == family);
-        match read_family(runner, config, family) {
-            Ok(tables) => edits.extend(tables),
-            Err(e) if !needed => log::warn!("skipping {family}: {e}"),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(edits)
-}
-
-fn read_family<'a>(runner: &dyn Runner, config: &'a Config, family: Family) -> Result<Vec<TableEdits<'a>>, SyncError> {
-    let mut comparer = Comparer::new(config, family);
-    let mut first_error = None;
-    runner.save(family, false, &mut |line| {
-        if first_error.is_none() {
-            first_error = comparer.line(line).err();
-        }
-    })?;
-    if let Some(e) = first_error {
-        return Err(e.into());
-    }
-    for w in &comparer.warnings {
-        log::warn!("{}-save: {w}", family.tool());
-    }
-    Ok(comparer.finish()?)
+    let needed = |family| config.services.iter().any(|s| s.family() == family);
+    reconcile::each_family(needed, |family| {
+        let mut comparer = Comparer::new(config, family);
+        reconcile::feed_save(runner, family, false, &mut |line| comparer.line(line))?;
+        reconcile::log_warnings(family, &comparer.warnings);
+        Ok(comparer.finish()?)
+    })
 }
 
 /// Compares one family's `iptables-save` output with the config, fed a line at a time.

@@ -9,7 +9,7 @@ use crate::compare;
 use crate::config::Config;
 use crate::edits::TableEdits;
 use crate::exec::{ExecError, Runner};
-use crate::plan::{self, Action, ChainPlan, Op, Plan, Summary};
+use crate::plan::{self, Action, ChainPlan, Op, Summary};
 use crate::restore;
 use crate::ruleset::{Family, Ruleset};
 use crate::save::{self, SaveError};
@@ -52,16 +52,6 @@ impl std::fmt::Display for Drift {
     }
 }
 
-/// What [`converge`] did.
-#[derive(Debug)]
-pub struct Converged {
-    /// The live rules before anything was applied.
-    pub before: Ruleset,
-    /// The plans applied, in order: none when nothing needed to change, more than one when
-    /// another program changed our chains under the first.
-    pub applied: Vec<Plan>,
-}
-
 /// What a failed `iptables-restore` was doing, for a message an operator can act on.
 #[derive(Debug)]
 pub struct RestoreFailure {
@@ -98,19 +88,52 @@ impl std::fmt::Display for RestoreFailure {
     }
 }
 
-/// Reads the live rules of every family. A family that cannot be read is an error only
-/// when `needed` says the config uses it; otherwise (no ip6tables, IPv6 disabled) it is
-/// skipped with a warning.
+/// Reads the live rules of every family (see [`each_family`]).
 pub fn read_live(runner: &dyn Runner, needed: impl Fn(Family) -> bool) -> Result<Ruleset, SyncError> {
-    let mut tables = Vec::new();
+    let tables = each_family(needed, |family| read_family(runner, family, false))?;
+    Ok(Ruleset { tables })
+}
+
+/// Runs `read` for every family and gathers what it returns. A family that cannot be read
+/// is an error only when `needed` says the config uses it; otherwise (no ip6tables, IPv6
+/// disabled) it is skipped with a warning.
+pub fn each_family<T>(
+    needed: impl Fn(Family) -> bool,
+    mut read: impl FnMut(Family) -> Result<Vec<T>, SyncError>,
+) -> Result<Vec<T>, SyncError> {
+    let mut all = Vec::new();
     for family in Family::ALL {
-        match read_family(runner, family, false) {
-            Ok(t) => tables.extend(t),
+        match read(family) {
+            Ok(found) => all.extend(found),
             Err(e) if !needed(family) => log::warn!("skipping {family}: {e}"),
             Err(e) => return Err(e),
         }
     }
-    Ok(Ruleset { tables })
+    Ok(all)
+}
+
+/// Feeds one family's `iptables-save` output (with counters when asked) to `line`, a line
+/// at a time; the first line it refuses is the error, once the tool is done.
+pub fn feed_save(
+    runner: &dyn Runner,
+    family: Family,
+    counters: bool,
+    line: &mut dyn FnMut(&str) -> Result<(), SaveError>,
+) -> Result<(), SyncError> {
+    let mut first_error = None;
+    runner.save(family, counters, &mut |l| {
+        if first_error.is_none() {
+            first_error = line(l).err();
+        }
+    })?;
+    first_error.map_or(Ok(()), |e| Err(e.into()))
+}
+
+/// Logs the `# Warning: ...` lines a family's `iptables-save` printed.
+pub fn log_warnings(family: Family, warnings: &[String]) {
+    for w in warnings {
+        log::warn!("{}-save: {w}", family.tool());
+    }
 }
 
 /// Reads one family's rules, with counters when asked.
@@ -120,84 +143,73 @@ pub fn read_family(
     counters: bool,
 ) -> Result<Vec<crate::ruleset::Table>, SyncError> {
     let mut parser = save::Parser::new(family);
-    let mut first_error = None;
-    runner.save(family, counters, &mut |line| {
-        if first_error.is_none() {
-            first_error = parser.line(line).err();
-        }
-    })?;
-    if let Some(e) = first_error {
-        return Err(e.into());
-    }
-    for w in &parser.warnings {
-        log::warn!("{}-save: {w}", family.tool());
-    }
+    feed_save(runner, family, counters, &mut |line| parser.line(line))?;
+    log_warnings(family, &parser.warnings);
     Ok(parser.finish()?)
 }
 
-/// Makes the live rules equal to `desired`, as `iptproxy apply` does: read, plan, apply,
-/// then [`verify`]. Another program may change our chains between the read and the write
-/// (nothing locks across the two; iptables-nft takes no lock at all), and then an edit by
-/// position lands on the wrong rule. When the read-back shows that, the rules are read
-/// afresh and planned again, up to `rounds` passes in all.
-pub fn converge(
-    runner: &dyn Runner,
-    desired: &Ruleset,
-    max_lines: usize,
-    rounds: usize,
-) -> Result<Converged, SyncError> {
-    let needed = |f| desired.family(f).next().is_some();
-    let before = read_live(runner, needed)?;
-    // Read again only after a drift; `before` is not copied (it can be large).
-    let mut fresh: Option<Ruleset> = None;
-    let mut applied = Vec::new();
-    let mut drifted = Vec::new();
-    for round in 1..=rounds.max(1) {
-        let plan = plan::plan(desired, fresh.as_ref().unwrap_or(&before));
-        if plan.is_empty() {
-            return Ok(Converged { before, applied });
-        }
-        apply::plan(runner, &plan, max_lines)?;
-        drifted = verify(runner, &plan);
-        applied.push(plan);
-        if drifted.is_empty() {
-            return Ok(Converged { before, applied });
-        }
-        warn_drift(&drifted, round);
-        fresh = Some(read_live(runner, needed)?);
-    }
-    Err(SyncError::KeptChanging { chains: drifted.iter().map(|d| d.to_string()).collect(), rounds })
-}
-
-/// What [`sync`] did: what each pass changed, none when nothing needed to change, more
-/// than one when another program changed our chains under the first.
+/// What [`sync`] or [`converge`] did: what each pass changed, none when nothing needed to
+/// change, more than one when another program changed our chains under the first.
 #[derive(Debug, Default)]
 pub struct Synced {
     pub applied: Vec<Summary>,
 }
 
 /// Makes the live rules equal to what `config` makes, as `iptproxy apply` and the daemon's
-/// full syncs do: compares them as `iptables-save` streams them (see [`compare`]),
-/// carries out the differences in bounded transactions, then reads back the chains edited
-/// by position; if another program changed one under it, reads and plans again, up to
-/// `rounds` passes in all. Holds neither the live ruleset nor the whole plan.
+/// full syncs do: compares them as `iptables-save` streams them (see [`compare`]), and
+/// carries out the differences (see [`passes`]). Holds neither the live ruleset nor the
+/// whole plan.
 pub fn sync(runner: &dyn Runner, config: &Config, max_lines: usize, rounds: usize) -> Result<Synced, SyncError> {
+    passes(runner, max_lines, rounds, || compare::read(runner, config))
+}
+
+/// Makes the live rules equal to the ruleset `desired` (what `apply --confirm` puts back):
+/// reads them whole, plans (see [`plan::plan`]) and carries out the plan (see [`passes`]).
+pub fn converge(runner: &dyn Runner, desired: &Ruleset, max_lines: usize, rounds: usize) -> Result<Synced, SyncError> {
+    let needed = |f| desired.family(f).next().is_some();
+    passes(runner, max_lines, rounds, || {
+        let plan = plan::plan(desired, &read_live(runner, needed)?);
+        Ok(plan.tables.iter().map(TableEdits::from_plan).collect())
+    })
+}
+
+/// Carries out what `read` finds to change, in bounded transactions, then reads back the
+/// chains edited by position (see [`verify_edits`]). Another program may change our chains
+/// between the read and the write (nothing locks across the two; iptables-nft takes no lock
+/// at all), and then an edit by position lands on the wrong rule: when the read-back shows
+/// that, `read` runs again, up to `rounds` passes in all.
+fn passes<'a>(
+    runner: &dyn Runner,
+    max_lines: usize,
+    rounds: usize,
+    mut read: impl FnMut() -> Result<Vec<TableEdits<'a>>, SyncError>,
+) -> Result<Synced, SyncError> {
     let mut done = Synced::default();
     let mut drifted = Vec::new();
     for round in 1..=rounds.max(1) {
-        let edits = compare::read(runner, config)?;
-        let summary = apply::edits(runner, &edits, max_lines)?;
+        let (summary, drift) = apply_checked(runner, &read()?, max_lines)?;
         if summary == Summary::default() {
             return Ok(done);
         }
         done.applied.push(summary);
-        drifted = verify_edits(runner, &edits);
+        drifted = drift;
         if drifted.is_empty() {
             return Ok(done);
         }
         warn_drift(&drifted, round);
     }
     Err(SyncError::KeptChanging { chains: drifted.iter().map(|d| d.to_string()).collect(), rounds })
+}
+
+/// Carries out `edits` (see [`apply::edits`]), then reads back the chains they edited by
+/// position (see [`verify_edits`]): what changed, and the chains not as meant.
+pub fn apply_checked(
+    runner: &dyn Runner,
+    edits: &[TableEdits],
+    max_lines: usize,
+) -> Result<(Summary, Vec<Drift>), SyncError> {
+    let summary = apply::edits(runner, edits, max_lines)?;
+    Ok((summary, verify_edits(runner, edits)))
 }
 
 fn warn_drift(drifted: &[Drift], round: usize) {
@@ -207,19 +219,10 @@ fn warn_drift(drifted: &[Drift], round: usize) {
     }
 }
 
-/// Reads back each of our chains that `plan` edited by position, and returns those that
-/// differ from what the plan meant. Positions are where a concurrent writer can make an
-/// edit land on the wrong rule; a chain created whole, or edited only by text, cannot be
+/// Reads back each of our chains that `edits` update by position, and returns those that
+/// differ from what was meant. Positions are where a concurrent writer can make an edit
+/// land on the wrong rule; a chain created whole, or edited only by text, cannot be
 /// misplaced. One cheap `iptables -S CHAIN` per chain, so a small change costs little.
-pub fn verify(runner: &dyn Runner, plan: &Plan) -> Vec<Drift> {
-    let mut drifted = Vec::new();
-    for t in &plan.tables {
-        verify_chains(runner, t.family, &t.table, t.chains.iter(), &mut drifted);
-    }
-    drifted
-}
-
-/// [`verify`] for edits: the chains they update by position.
 pub fn verify_edits(runner: &dyn Runner, edits: &[TableEdits]) -> Vec<Drift> {
     let mut drifted = Vec::new();
     for t in edits {

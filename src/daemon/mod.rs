@@ -29,7 +29,6 @@ use std::time::{Duration, Instant, SystemTime};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::apply;
 use crate::backend::{self, Choice};
 use crate::config::{self, Config, Settings};
 use crate::exec::{ExecError, Runner, System};
@@ -408,11 +407,10 @@ impl Daemon {
         let record = self.desired.as_ref().filter(|_| self.synced && !full);
         // `None` when the change reaches every rule (settings): then the live rules are read.
         let by_record = record.and_then(|old| incremental::between(old, &target)).map(|edits| {
-            let summary = apply::edits(&*self.runner, &edits, self.runner.max_lines())?;
             // The positions came from the record, not the kernel: in a chain of ours edited
             // by hand since, they landed on other rules. Reading back the chains edited by
             // position (`iptables -S CHAIN`: ms on nf_tables; legacy loads the table) tells.
-            let drifted = reconcile::verify_edits(&*self.runner, &edits);
+            let (summary, drifted) = reconcile::apply_checked(&*self.runner, &edits, self.runner.max_lines())?;
             if drifted.is_empty() {
                 Ok(summary)
             } else {
@@ -440,7 +438,7 @@ impl Daemon {
     }
 
     /// Reads the live rules, plans against them and applies (again, from a fresh read,
-    /// when another program changes a chain under it; see [`reconcile::converge`]).
+    /// when another program changes a chain under it; see [`reconcile::sync`]).
     fn sync_with_live(&mut self, target: &Config, now: Instant) -> Result<Summary, SyncError> {
         let done = reconcile::sync(&*self.runner, target, self.runner.max_lines(), SYNC_ROUNDS)?;
         self.state.last_full_sync = Some(unix(SystemTime::now()));

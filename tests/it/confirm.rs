@@ -2,7 +2,7 @@
 //! otherwise iptproxy's previous rules come back exactly, and nobody else's are touched.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 
 use crate::fixtures::{EVERY_FEATURE, FOREIGN_SETUP, FOREIGN_V4, FOREIGN_V6};
 use crate::harness::{BACKENDS, Bench, bin};
@@ -42,12 +42,18 @@ fn start(b: &Bench, run: &tempfile::TempDir, timeout: &str) -> (Child, String) {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+    let (said, _) = prompt(&mut child);
+    (child, said)
+}
+
+/// What `apply --confirm` printed up to its prompt, and the rest of its output.
+fn prompt(child: &mut Child) -> (String, BufReader<ChildStdout>) {
     let mut said = String::new();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     while !said.contains("Confirm within") {
         assert!(out.read_line(&mut said).unwrap() > 0, "apply --confirm ended early: {said}");
     }
-    (child, said)
+    (said, out)
 }
 
 fn finish(child: Child) -> (i32, String) {
@@ -130,11 +136,7 @@ fn enter_on_its_terminal_confirms() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-    let mut said = String::new();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    while !said.contains("Confirm within") {
-        assert!(out.read_line(&mut said).unwrap() > 0, "apply --confirm ended early: {said}");
-    }
+    let (said, mut out) = prompt(&mut child);
     assert!(said.contains("or Enter here"), "{said}");
     child.stdin.take().unwrap().write_all(b"\n").unwrap();
     let mut rest = String::new();
