@@ -278,9 +278,15 @@ fn apply_cmd(global: &Global) -> Result<u8> {
     };
     let runner = runner(global, &config)?;
     let done = reconcile::sync(&runner, &config, runner.max_lines(), APPLY_ROUNDS)?;
+    print_applied(&done);
+    Ok(0)
+}
+
+/// Prints what an apply changed; false when nothing needed to change.
+fn print_applied(done: &reconcile::Synced) -> bool {
     let Some(first) = done.applied.first() else {
         println!("No changes. The live rules match the configuration.");
-        return Ok(0);
+        return false;
     };
     println!("{}", report::applied_line(first));
     if done.applied.len() > 1 {
@@ -290,7 +296,7 @@ fn apply_cmd(global: &Global) -> Result<u8> {
             done.applied.len()
         );
     }
-    Ok(0)
+    true
 }
 
 /// `apply --confirm`: apply, wait for a confirmation, else put our previous rules back.
@@ -318,13 +324,11 @@ fn apply_confirmed(global: &Global, timeout: std::time::Duration, run_dir: &std:
     // What a rollback puts back: iptproxy's part of the rules as they are now.
     let needed = |f: Family| config.services.iter().any(|s| s.family() == f);
     let before = reconcile::read_live(&runner, needed).context("reading the live rules")?;
-    let done = reconcile::sync(&runner, &config, restore::DEFAULT_MAX_LINES, APPLY_ROUNDS)?;
-    let Some(first) = done.applied.first() else {
-        println!("No changes. The live rules match the configuration.");
+    let done = reconcile::sync(&runner, &config, runner.max_lines(), APPLY_ROUNDS)?;
+    if !print_applied(&done) {
         return Ok(0);
-    };
+    }
     let mut out = std::io::stdout();
-    let _ = writeln!(out, "{}", report::applied_line(first));
     let _ = writeln!(
         out,
         "Confirm within {} with `iptproxy confirm`{}, or the previous iptproxy rules come back.",
@@ -345,7 +349,7 @@ fn apply_confirmed(global: &Global, timeout: std::time::Duration, run_dir: &std:
                 _ => "interrupted".to_string(),
             };
             let previous = confirm::ours(&before);
-            reconcile::converge(&runner, &previous, restore::DEFAULT_MAX_LINES, APPLY_ROUNDS)
+            reconcile::converge(&runner, &previous, runner.max_lines(), APPLY_ROUNDS)
                 .with_context(|| format!("{why}, but putting the previous iptproxy rules back failed"))?;
             let _ = writeln!(std::io::stderr(), "{why}: the previous iptproxy rules were put back");
             Ok(1)
